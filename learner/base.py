@@ -1,0 +1,114 @@
+"""Interfaces of the learner: examples in, per-example losses and scores out.
+
+The learner knows nothing of Kafka or of the event schema. The streaming side turns each
+feedback event into an :class:`Example`; an :class:`Objective` turns a list of examples into a
+:class:`TensorBatch` (on the CPU, off the training thread) and, given a model and that batch,
+into per-example losses, scores and correctness flags (:class:`ObjectiveOutput`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One training example in the learner's terms.
+
+    Pointwise examples carry a ``target`` in [0, 1] (thumb up = 1, thumb down = 0, a rating
+    of 1..5 mapped to 0, .25, .5, .75, 1). Pairwise examples carry ``rejected``: ``response`` is
+    the preferred reply and ``rejected`` the other one.
+
+    Example:
+        >>> Example(prompt="hi", response="hello!", target=1.0).pairwise
+        False
+        >>> Example(prompt="hi", response="hello!", rejected="go away").pairwise
+        True
+    """
+
+    prompt: str
+    response: str
+    target: float | None = None
+    rejected: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.target is None) == (self.rejected is None):
+            raise ValueError(
+                "an Example needs exactly one of 'target' (pointwise) or 'rejected' (pairwise); "
+                f"got target={self.target!r} and rejected={'set' if self.rejected else None}"
+            )
+        if self.target is not None and not 0.0 <= self.target <= 1.0:
+            raise ValueError(f"Example.target must lie in [0, 1], got {self.target!r}")
+        if not self.weight > 0.0:
+            raise ValueError(f"Example.weight must be > 0, got {self.weight!r}")
+
+    @property
+    def pairwise(self) -> bool:
+        """True for a preference pair."""
+        return self.rejected is not None
+
+
+@dataclass(slots=True)
+class TensorBatch:
+    """Tensors for one micro-batch, plus its size in examples.
+
+    ``tensors`` holds everything the objective needs (token ids, masks, targets, index maps).
+    The batch is built on the CPU; :meth:`pin` and :meth:`to` move it to the device.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    size: int
+    weights: torch.Tensor = field(default_factory=lambda: torch.ones(0))
+
+    def pin(self) -> TensorBatch:
+        """Return a copy whose tensors sit in page-locked memory (no-op without CUDA)."""
+        if not torch.cuda.is_available():
+            return self
+        return TensorBatch(
+            {k: v.pin_memory() for k, v in self.tensors.items()},
+            self.size,
+            self.weights.pin_memory(),
+        )
+
+    def to(self, device: torch.device) -> TensorBatch:
+        """Move every tensor to ``device`` with non-blocking copies."""
+        if all(v.device == device for v in self.tensors.values()):
+            return self
+        return TensorBatch(
+            {k: v.to(device, non_blocking=True) for k, v in self.tensors.items()},
+            self.size,
+            self.weights.to(device, non_blocking=True),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectiveOutput:
+    """Per-example results of one forward pass, each a tensor of shape ``[batch]``.
+
+    ``correct`` is 1.0 / 0.0 where correctness is defined and NaN where it is not (a rating
+    of 3 is neither good nor bad).
+    """
+
+    loss: torch.Tensor
+    score: torch.Tensor
+    correct: torch.Tensor
+
+
+class Objective(abc.ABC):
+    """Turns examples into tensors, and a model plus tensors into per-example losses."""
+
+    name: str = "objective"
+
+    @abc.abstractmethod
+    def collate(self, examples: Sequence[Example]) -> TensorBatch:
+        """Tokenize ``examples`` into a CPU batch. Called off the training thread."""
+
+    @abc.abstractmethod
+    def forward(self, model: nn.Module, batch: TensorBatch) -> ObjectiveOutput:
+        """Per-example loss, score and correctness of ``model`` on ``batch``."""

@@ -1,0 +1,105 @@
+"""Interfaces of the streaming side: records, sources that can snapshot/seek, sinks.
+
+A :class:`Source` yields raw :class:`Record` values (bytes, not yet decoded) and knows its
+position per topic-partition. Positions are always "the next offset to read", the same
+convention Kafka uses for committed offsets, so a position can be stored in a checkpoint and
+handed back to :meth:`Source.seek` or :meth:`Source.commit` unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+TopicPartition = tuple[str, int]
+"""A ``(topic, partition)`` pair; plain tuples keep the learner and monitors free of Kafka types."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One raw message as it came off a source.
+
+    Example:
+        >>> Record(topic="feedback", partition=0, offset=7, key=None, value=b"{}").next_offset
+        8
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The record's ``(topic, partition)``."""
+        return (self.topic, self.partition)
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this record has been applied."""
+        return self.offset + 1
+
+
+class Source(abc.ABC):
+    """A stream of raw records with a position that can be snapshotted and restored."""
+
+    @abc.abstractmethod
+    def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
+        """Return up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+
+    @abc.abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Durably record ``offsets`` (next offset to read per partition) as consumed."""
+
+    @abc.abstractmethod
+    def position(self) -> dict[TopicPartition, int]:
+        """Next offset to read for every assigned partition."""
+
+    @abc.abstractmethod
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Continue reading each partition from the given next offset."""
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages between the position and the end of each partition (empty if unknown)."""
+        return {}
+
+    def committed(self) -> dict[TopicPartition, int]:
+        """The last committed offsets known to this source (empty if none)."""
+        return {}
+
+    @property
+    def finite(self) -> bool:
+        """True for sources with a known end (files, in-memory lists)."""
+        return False
+
+    def at_end(self) -> bool:
+        """True when a finite source has nothing more to give."""
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (leave the consumer group, close files)."""
+
+
+class Sink(abc.ABC):
+    """Somewhere raw messages can be written: the dead-letter topic, the model-updates topic."""
+
+    @abc.abstractmethod
+    def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        """Queue one message for ``topic``."""
+
+    @abc.abstractmethod
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until every queued message is acknowledged, or raise."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release resources."""

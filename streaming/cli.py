@@ -1,0 +1,371 @@
+"""The ``feedstep`` command line: ``demo``, ``run`` and ``produce``.
+
+Every long job shows progress on stderr. User text never reaches the logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streaming.errors import FeedstepError
+
+log = logging.getLogger("feedstep")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("kafka", "transformers", "urllib3", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Progress:
+    """A one-line progress report on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int | None, label: str, every_s: float = 1.0) -> None:
+        self.total = total
+        self.label = label
+        self.every_s = every_s
+        self._last = 0.0
+        self._tty = sys.stderr.isatty()
+
+    def show(self, done: int, extra: str = "", force: bool = False) -> None:
+        """Print ``done`` (of total) at most once per ``every_s`` unless forced."""
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        of = f"/{self.total}" if self.total else ""
+        pct = f" {100 * done / self.total:5.1f}%" if self.total else ""
+        line = f"{self.label}: {done}{of}{pct} {extra}"
+        if self._tty:
+            sys.stderr.write("\r\x1b[2K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """End the in-place line."""
+        if self._tty:
+            sys.stderr.write("\n")
+
+
+def _build_learner(config: Any) -> Any:
+    from learner.models import ModelSpec, build_reward_model, select_device
+    from learner.objectives import RewardObjective
+    from learner.step import Learner, StepConfig
+
+    device = select_device(config.device)
+    model, tokenizer = build_reward_model(ModelSpec(config.model, seed=config.seed))
+    learner = Learner(
+        model,
+        RewardObjective(tokenizer, max_length=config.max_length),
+        StepConfig(
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            l2sp_weight=config.l2sp_weight,
+            max_grad_norm=config.max_grad_norm,
+            trainable=config.trainable,
+        ),
+        device=device,
+    )
+    log.info(
+        "model=%s objective=%s device=%s trainable=%s parameters: %d trainable of %d",
+        config.model,
+        config.objective,
+        device,
+        config.trainable,
+        learner.trainable_parameters,
+        learner.total_parameters,
+    )
+    return learner
+
+
+def _pipeline_settings(config: Any) -> Any:
+    from streaming.events import DecodeLimits
+    from streaming.pipeline import PipelineSettings
+
+    return PipelineSettings(
+        batch_size=config.batch_size,
+        max_wait_ms=config.max_wait_ms,
+        dead_letter_topic=config.dlq_topic,
+        dedup_window=config.dedup_window,
+        limits=DecodeLimits(
+            max_text_chars=config.max_text_chars, max_event_bytes=config.max_event_bytes
+        ),
+        prequential_window=config.prequential_window,
+        stop_after_events=config.stop_after_events,
+        stop_when_idle_s=config.stop_when_idle_s,
+        log_every_s=config.log_every_s,
+    )
+
+
+def _serve_metrics(metrics: Any, health: Any, port: int, host: str) -> Any:
+    from monitors.server import MetricsServer
+
+    server = MetricsServer(metrics.render, health, port=port, host=host).start()
+    log.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", host, server.port)
+    return server
+
+
+def _install_signals(pipeline: Any) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the step in flight, committing, leaving", signum)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _summary_line(summary: Any) -> str:
+    return (
+        f"events={summary.consumed} accepted={summary.accepted} dead_lettered={summary.rejected} "
+        f"duplicates={summary.duplicates} trained={summary.trained_examples} steps={summary.steps} "
+        f"skipped_steps={summary.skipped_steps} "
+        f"prequential_accuracy baseline={summary.baseline_accuracy:.3f} "
+        f"candidate={summary.candidate_accuracy:.3f} elapsed_s={summary.elapsed_s:.1f}"
+    )
+
+
+# -- verbs ------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole pipeline on the built-in simulated stream; no broker, no download."""
+    from monitors.metrics import Metrics
+    from monitors.server import HealthState
+    from streaming.config import load_config
+    from streaming.pipeline import Pipeline
+    from streaming.simulate import SimulatedFeedback
+    from streaming.testing import MemorySink, MemorySource
+
+    config = load_config(
+        args.config,
+        {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "device": args.device,
+            "max_length": 64,
+            "topic": "demo-feedback",
+        },
+    )
+    gen = SimulatedFeedback(seed=config.seed, noise=args.noise)
+    payloads: list[bytes] = list(gen.payloads(args.events))
+    # A few records a real stream also has: a malformed payload and a redelivered event.
+    if args.events >= 20:
+        payloads.insert(len(payloads) // 3, b'{"event_id": "broken", "ts": "not a time"}')
+        payloads.insert(2 * len(payloads) // 3, payloads[5])
+    source = MemorySource(payloads, topic=config.topic)
+    dead_letters = MemorySink()
+    learner = _build_learner(config)
+    metrics, health = Metrics(), HealthState()
+    server = None
+    if args.metrics_port is not None:
+        server = _serve_metrics(metrics, health, args.metrics_port, "127.0.0.1")
+    progress = Progress(len(payloads), "demo events")
+    pipeline = Pipeline(
+        source,
+        dead_letters,
+        learner,
+        metrics,
+        _pipeline_settings(config),
+        health,
+        on_progress=lambda s: progress.show(
+            s.consumed,
+            f"steps={s.steps} preq_acc baseline={s.baseline_accuracy:.3f} "
+            f"candidate={s.candidate_accuracy:.3f}",
+        ),
+    )
+    _install_signals(pipeline)
+    summary = pipeline.run()
+    progress.close()
+    if server is not None:
+        server.stop()
+    last = pipeline.prequential.snapshot()
+    print(_summary_line(summary))
+    print(
+        f"last {min(last.events, config.prequential_window)} events: prequential accuracy "
+        f"baseline={last.baseline_accuracy:.3f} candidate={last.candidate_accuracy:.3f}; "
+        f"loss baseline={last.baseline_loss:.3f} candidate={last.candidate_loss:.3f}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The sidecar against Kafka."""
+    from monitors.metrics import Metrics
+    from monitors.server import HealthState
+    from streaming.config import load_config
+    from streaming.kafka import KafkaSink, KafkaSource
+    from streaming.pipeline import Pipeline
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "bootstrap_servers",
+            "topic",
+            "group_id",
+            "model",
+            "batch_size",
+            "max_wait_ms",
+            "metrics_port",
+            "stop_after_events",
+            "stop_when_idle_s",
+            "device",
+            "lr",
+            "seed",
+        )
+    }
+    config = load_config(args.config, overrides)
+    metrics, health = Metrics(), HealthState()
+    health.set_ready(False, "loading model")
+    server = _serve_metrics(metrics, health, config.metrics_port, config.metrics_host)
+    try:
+        learner = _build_learner(config)
+        metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
+        metrics.parameters.labels(kind="total").set(learner.total_parameters)
+        metrics.model_info.info(
+            {"model": config.model, "objective": config.objective, "device": str(learner.device)}
+        )
+        health.set_ready(False, "connecting to Kafka")
+        source = KafkaSource(config)
+        sink = KafkaSink(config)
+        log.info(
+            "consuming %s as group %s from %s; rejects go to %s",
+            config.topic,
+            config.group_id,
+            config.bootstrap_servers,
+            config.dlq_topic,
+        )
+        pipeline = Pipeline(source, sink, learner, metrics, _pipeline_settings(config), health)
+        _install_signals(pipeline)
+        try:
+            summary = pipeline.run()
+        finally:
+            sink.close()
+            source.close()
+        print(_summary_line(summary))
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Write recorded events (JSONL, one event per line) to a topic, in file order."""
+    from streaming.config import load_config
+    from streaming.kafka import KafkaSink
+
+    config = load_config(args.config, {"bootstrap_servers": args.bootstrap_servers})
+    path = Path(args.file)
+    if not path.is_file():
+        raise FeedstepError(f"no such file {str(path)!r}; pass a JSONL file of recorded events")
+    opener = gzip.open if path.suffix == ".gz" else open
+    sink = KafkaSink(config)
+    progress = Progress(None, f"produced to {args.topic}")
+    sent = 0
+    with opener(path, "rb") as fh:
+        for line in fh:
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            key = None
+            if args.key_field:
+                try:
+                    obj = json.loads(raw)
+                    value = obj.get(args.key_field) if isinstance(obj, dict) else None
+                    key = str(value).encode() if value is not None else None
+                except ValueError:
+                    key = (
+                        None  # malformed lines are sent as they are: the sidecar dead-letters them
+                    )
+            sink.send(args.topic, raw, key=key)
+            sent += 1
+            progress.show(sent)
+    sink.close()
+    progress.show(sent, "done", force=True)
+    progress.close()
+    print(f"produced={sent} topic={args.topic}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="feedstep",
+        description="Online-learning sidecar: Kafka feedback in, one regularized step per "
+        "micro-batch, Prometheus metrics out.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline on a built-in simulated stream")
+    demo.add_argument("--events", type=int, default=1000, help="simulated events (default 1000)")
+    demo.add_argument("--metrics-port", type=int, default=None, help="serve /metrics while running")
+    demo.add_argument("--model", default=None, help="minilm (default), tiny, or a local folder")
+    demo.add_argument("--batch-size", type=int, default=None)
+    demo.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
+    demo.add_argument("--noise", type=float, default=0.1, help="share of flipped labels")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    demo.add_argument("--config", default=None, help="TOML or YAML config file")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the sidecar against a Kafka topic")
+    run.add_argument("--config", default=None, help="TOML or YAML config file ($FEEDSTEP_CONFIG)")
+    run.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port]")
+    run.add_argument("--topic", default=None, help="feedback topic (default 'feedback')")
+    run.add_argument("--group-id", default=None, help="consumer group (default 'feedstep')")
+    run.add_argument("--model", default=None, help="minilm (default), tiny, or a local folder")
+    run.add_argument("--batch-size", type=int, default=None, help="events per step (default 16)")
+    run.add_argument("--max-wait-ms", type=int, default=None, help="close a partial batch after")
+    run.add_argument("--metrics-port", type=int, default=None, help="default 9108; 0 = any free")
+    run.add_argument("--stop-after-events", type=int, default=None, help="end after N records")
+    run.add_argument("--stop-when-idle-s", type=float, default=None, help="end after S idle secs")
+    run.add_argument("--device", default=None)
+    run.add_argument("--lr", type=float, default=None)
+    run.add_argument("--seed", type=int, default=None)
+    run.set_defaults(func=cmd_run)
+
+    produce = sub.add_parser("produce", help="write recorded events (JSONL) to a topic")
+    produce.add_argument("file", help="JSONL file, one event per line (.gz ok)")
+    produce.add_argument("--topic", required=True)
+    produce.add_argument("--bootstrap-servers", default=None)
+    produce.add_argument("--key-field", default="conversation_id", help="event field used as key")
+    produce.add_argument("--config", default=None)
+    produce.set_defaults(func=cmd_produce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``feedstep`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except (FeedstepError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

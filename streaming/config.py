@@ -1,0 +1,184 @@
+"""Typed, frozen configuration, validated once at start.
+
+Values come from, in rising precedence: defaults, one config file (TOML or YAML), ``FEEDSTEP_*``
+environment variables, command-line flags. An unknown key in any of them is an error that
+names the key and where it came from.
+
+Example:
+    >>> cfg = load_config(overrides={"batch_size": 8}, environ={})
+    >>> cfg.batch_size, cfg.dead_letter_topic
+    (8, 'feedback.dlq')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streaming.errors import ConfigError
+
+ENV_PREFIX = "FEEDSTEP_"
+CONFIG_ENV = "FEEDSTEP_CONFIG"
+
+
+class FeedstepConfig(BaseSettings):
+    """Every setting of the sidecar. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # Kafka
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "feedback"
+    group_id: str = "feedstep"
+    client_id: str = "feedstep"
+    dead_letter_topic: str = ""
+    """Empty means ``<topic>.dlq``."""
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    max_poll_records: int = Field(500, ge=1)
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    # Events
+    max_text_chars: int = Field(8192, ge=1)
+    max_event_bytes: int = Field(1_048_576, ge=64)
+    dedup_window: int = Field(100_000, ge=1)
+    # Batching
+    batch_size: int = Field(16, ge=1)
+    max_wait_ms: int = Field(1000, ge=0)
+    # Model and step
+    model: str = "minilm"
+    objective: Literal["reward"] = "reward"
+    device: str = "auto"
+    seed: int = 0
+    max_length: int = Field(256, ge=8)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    l2sp_weight: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    trainable: Literal["full", "head", "bias"] = "full"
+    # Monitoring
+    prequential_window: int = Field(1000, ge=1)
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    # Ending a run (tests, replays)
+    stop_after_events: int | None = Field(None, ge=1)
+    stop_when_idle_s: float | None = Field(None, gt=0)
+    log_every_s: float = Field(10.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(  # type: ignore[override]
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        **_others: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only explicit values: :func:`load_config` merges file, env and flags itself."""
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FeedstepConfig:
+        if self.sasl_mechanism and self.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(
+                f"sasl_mechanism={self.sasl_mechanism!r} needs security_protocol SASL_PLAINTEXT "
+                f"or SASL_SSL, but security_protocol={self.security_protocol!r}"
+            )
+        if self.max_poll_interval_ms <= self.session_timeout_ms // 3:
+            raise ValueError(
+                f"max_poll_interval_ms={self.max_poll_interval_ms} must exceed a third of "
+                f"session_timeout_ms={self.session_timeout_ms}"
+            )
+        return self
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic: ``dead_letter_topic`` or ``<topic>.dlq``."""
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+
+_FIELDS = frozenset(FeedstepConfig.model_fields)
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing TOML/YAML file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {str(p)!r} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {str(p)!r} does not parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a table of keys, got {type(data).__name__}"
+        )
+    if isinstance(data.get("feedstep"), dict) and len(data) == 1:
+        data = data["feedstep"]  # allow a [feedstep] table
+    for key in data:
+        if key not in _FIELDS:
+            raise ConfigError(
+                f"unknown key {key!r} in config file {str(p)!r}; "
+                f"known keys: {', '.join(sorted(_FIELDS))}"
+            )
+    return dict(data)
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _FIELDS:
+            raise ConfigError(
+                f"unknown environment variable {name}; feedstep reads FEEDSTEP_<KEY> for the keys "
+                f"{', '.join(sorted(_FIELDS))} - unset it or fix the spelling"
+            )
+        values[key] = value
+    return values
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FeedstepConfig:
+    """Build the configuration: defaults < file < ``FEEDSTEP_*`` env < ``overrides``.
+
+    ``path`` defaults to ``$FEEDSTEP_CONFIG`` when set. ``None`` values in ``overrides`` mean
+    "not given" (an unset command-line flag).
+    """
+    env = os.environ if environ is None else environ
+    path = path or env.get(CONFIG_ENV)
+    merged: dict[str, Any] = read_config_file(path) if path else {}
+    merged.update(_env_values(env))
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+        if value is not None:
+            merged[key] = value
+    try:
+        return FeedstepConfig(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'config'}: {err['msg']}"
+            + ("" if "password" in str(err["loc"]) else f" (got {err.get('input')!r})")
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration - {problems}") from exc

@@ -1,0 +1,27 @@
+"""feedstep's exceptions: one root, a few meaningful kinds; transient ones are retriable."""
+
+from __future__ import annotations
+
+
+class FeedstepError(Exception):
+    """Root of every error feedstep raises on purpose."""
+
+    retriable = False
+
+
+class ConfigError(FeedstepError, ValueError):
+    """The configuration is wrong; the message names the key and what is expected."""
+
+
+class SourceError(FeedstepError):
+    """The event source (Kafka, a file) failed."""
+
+
+class BrokerUnavailable(SourceError):
+    """The Kafka broker cannot be reached; retrying later may succeed."""
+
+    retriable = True
+
+
+class PipelineError(FeedstepError):
+    """The training stage failed; the offsets of the failed batch were not committed."""

@@ -1,0 +1,390 @@
+"""The sidecar loop: source → decode → de-duplicate → micro-batch → tokenize → step → commit.
+
+Two stages joined by bounded queues:
+
+* the **ingest** stage (the caller's thread) polls the source, decodes and validates each
+  record, sends rejects to the dead-letter topic, drops duplicates, forms micro-batches,
+  tokenizes them (off the training thread) and commits offsets;
+* the **train** stage (one thread) makes exactly one step per batch and hands back the
+  result.
+
+Offsets: every record consumed moves a per-partition "seen" watermark. A batch carries the
+watermark at the moment it closed; its offsets are committed only after its step is done (and
+the dead-letter producer is flushed). Records handled without a step (rejects, duplicates) are
+committed once no batch is pending or in flight, so the committed offset never passes an
+event that has not been trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from learner.base import Example, TensorBatch
+from learner.step import Learner, StepResult
+from monitors.metrics import Metrics
+from monitors.prequential import PairedPrequential
+from monitors.server import HealthState
+from streaming.base import Record, Sink, Source, TopicPartition
+from streaming.batcher import MicroBatcher
+from streaming.convert import to_example
+from streaming.deadletter import send_to_dead_letter
+from streaming.dedup import Deduplicator
+from streaming.errors import PipelineError
+from streaming.events import DecodeLimits, FeedbackEvent, Rejection, decode_event
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """The loop's own knobs (the model's are in the learner)."""
+
+    batch_size: int = 16
+    max_wait_ms: float = 1000.0
+    dead_letter_topic: str = "feedback.dlq"
+    dedup_window: int = 100_000
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    prequential_window: int = 1000
+    stop_after_events: int | None = None
+    stop_when_idle_s: float | None = None
+    poll_timeout_s: float = 0.5
+    queue_batches: int = 2
+    log_every_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    examples: list[Example]
+    ts: list[float]
+    offsets: dict[TopicPartition, int]
+    tensors: TensorBatch | None = None
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What a run did, for the CLI's closing line and for tests."""
+
+    consumed: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    steps: int = 0
+    skipped_steps: int = 0
+    trained_examples: int = 0
+    baseline_correct: float = 0.0
+    candidate_correct: float = 0.0
+    scored: int = 0
+    elapsed_s: float = 0.0
+    final_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def baseline_accuracy(self) -> float:
+        """Prequential accuracy of the baseline over the whole run."""
+        return self.baseline_correct / self.scored if self.scored else math.nan
+
+    @property
+    def candidate_accuracy(self) -> float:
+        """Prequential accuracy of the candidate over the whole run (scored before each step)."""
+        return self.candidate_correct / self.scored if self.scored else math.nan
+
+
+class Pipeline:
+    """Wires a source, the learner and the monitors into the sidecar loop.
+
+    Example:
+        >>> from streaming.testing import MemorySource, MemorySink
+        >>> pipe = Pipeline(MemorySource(data), MemorySink(), learner, Metrics())  # doctest: +SKIP
+        >>> summary = pipe.run()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        dead_letters: Sink,
+        learner: Learner,
+        metrics: Metrics,
+        settings: PipelineSettings | None = None,
+        health: HealthState | None = None,
+        on_progress: Callable[[RunSummary], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.dead_letters = dead_letters
+        self.learner = learner
+        self.metrics = metrics
+        self.settings = settings or PipelineSettings()
+        self.health = health or HealthState()
+        self.on_progress = on_progress
+        s = self.settings
+        self.batcher: MicroBatcher[tuple[Example, float]] = MicroBatcher(
+            s.batch_size, s.max_wait_ms
+        )
+        self.dedup = Deduplicator(s.dedup_window)
+        self.prequential = PairedPrequential(s.prequential_window)
+        self.summary = RunSummary()
+        self._seen: dict[TopicPartition, int] = {}
+        self._inbox: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
+        self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException]] = queue.Queue()
+        self._in_flight = 0
+        self._dlq_dirty = False
+        self._stop = threading.Event()
+        self._trainer = threading.Thread(
+            target=self._train_loop, name="feedstep-train", daemon=True
+        )
+
+    # -- public -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the step in flight, commit and return (signal-safe)."""
+        self._stop.set()
+
+    def run(self) -> RunSummary:
+        """Run until a stop condition, then drain, commit and return the summary."""
+        s = self.settings
+        started = time.monotonic()
+        last_data = started
+        last_log = started
+        self._trainer.start()
+        self.health.set_ready(True)
+        self.metrics.ready.set(1)
+        failed = False
+        try:
+            while not self._stop.is_set():
+                self.health.beat()
+                self._collect(block=False)
+                timeout = s.poll_timeout_s
+                left = self.batcher.time_left_s()
+                if left is not None:
+                    timeout = min(timeout, max(0.0, left))
+                records = self.source.poll(timeout, max_records=self._room())
+                now = time.monotonic()
+                if records:
+                    last_data = now
+                for record in records:
+                    self._ingest(record)
+                due = self.batcher.due()
+                if due:
+                    self._dispatch(due)
+                self._commit_idle()
+                if now - last_log >= s.log_every_s:
+                    last_log = now
+                    self._report()
+                if self._should_stop(now - last_data):
+                    break
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if failed:
+                with contextlib.suppress(queue.Full):  # stop the trainer; commit nothing more
+                    self._inbox.put_nowait(None)
+            else:
+                self._drain()
+            self.summary.elapsed_s = time.monotonic() - started
+            self.metrics.ready.set(0)
+            self.health.set_ready(False, "stopped")
+        self._report()
+        return self.summary
+
+    # -- ingest stage -------------------------------------------------------------------------
+    def _room(self) -> int:
+        left = self.settings.stop_after_events
+        if left is None:
+            return 500
+        return max(1, min(500, left - self.summary.consumed))
+
+    def _ingest(self, record: Record) -> None:
+        self.summary.consumed += 1
+        self._seen[record.tp] = record.next_offset
+        decoded = decode_event(record.value, self.settings.limits)
+        if isinstance(decoded, Rejection):
+            self._reject(record, decoded)
+            return
+        event: FeedbackEvent = decoded
+        for name in event.truncated_fields:
+            self.metrics.truncated.labels(field=name).inc()
+        if self.dedup.check_and_add(event.event_id):
+            self.summary.duplicates += 1
+            self.metrics.events.labels(outcome="duplicate").inc()
+            return
+        try:
+            example = to_example(event)
+        except ValueError as exc:  # a valid event the objective cannot use
+            self._reject(record, _unusable(str(exc)))
+            return
+        self.summary.accepted += 1
+        self.metrics.events.labels(outcome="accepted").inc()
+        full = self.batcher.add((example, event.ts_epoch_s))
+        if full:
+            self._dispatch(full)
+
+    def _reject(self, record: Record, rejection: Rejection) -> None:
+        reason = str(rejection.reason.value)
+        send_to_dead_letter(
+            self.dead_letters, self.settings.dead_letter_topic, record, reason, rejection.detail
+        )
+        self._dlq_dirty = True
+        self.summary.rejected += 1
+        self.metrics.events.labels(outcome="rejected").inc()
+        self.metrics.dead_letter.labels(reason=reason).inc()
+        log.debug(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+    def _dispatch(self, items: list[tuple[Example, float]]) -> None:
+        batch = _Batch(
+            examples=[e for e, _ in items], ts=[t for _, t in items], offsets=dict(self._seen)
+        )
+        batch.tensors = self.learner.objective.collate(batch.examples).pin()
+        while True:  # bounded queue: a slow step slows consumption instead of growing memory
+            try:
+                self._inbox.put(batch, timeout=0.5)
+                break
+            except queue.Full:
+                self.health.beat()
+                self._collect(block=False)
+        self._in_flight += 1
+
+    def _collect(self, block: bool) -> None:
+        while self._in_flight:
+            try:
+                batch, result = (
+                    self._outbox.get(timeout=1.0) if block else self._outbox.get_nowait()
+                )
+            except queue.Empty:
+                if block:
+                    self.health.beat()
+                    if not self._trainer.is_alive():
+                        raise PipelineError("the training thread died without a result") from None
+                    continue
+                return
+            self._in_flight -= 1
+            if isinstance(result, BaseException):
+                raise PipelineError(
+                    f"the step failed ({type(result).__name__}: {result}); offsets of the failed "
+                    "batch were not committed, so its events will be read again on restart"
+                ) from result
+            self._after_step(batch, result)
+            self._commit(batch.offsets)
+
+    def _commit_idle(self) -> None:
+        if self._in_flight == 0 and self.batcher.pending == 0 and self._seen:
+            self._commit(self._seen)
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if self._dlq_dirty:
+            self.dead_letters.flush()  # rejects are durable before their offsets are committed
+            self._dlq_dirty = False
+        self.source.commit(offsets)
+        self.summary.final_offsets.update(offsets)
+
+    def _should_stop(self, idle_s: float) -> bool:
+        s = self.settings
+        if s.stop_after_events is not None and self.summary.consumed >= s.stop_after_events:
+            return True
+        if self.source.finite and self.source.at_end():
+            return True
+        return s.stop_when_idle_s is not None and idle_s >= s.stop_when_idle_s
+
+    def _drain(self) -> None:
+        try:
+            rest = self.batcher.flush()
+            if rest and self._trainer.is_alive():
+                self._dispatch(rest)
+            self._collect(block=True)
+            self._commit_idle()
+        finally:
+            self._inbox.put(None)
+            self._trainer.join(timeout=60)
+
+    # -- train stage --------------------------------------------------------------------------
+    def _train_loop(self) -> None:
+        while True:
+            batch = self._inbox.get()
+            if batch is None:
+                return
+            try:
+                assert batch.tensors is not None
+                result: StepResult | BaseException = self.learner.step(batch.tensors)
+            except BaseException as exc:  # handed to the ingest stage, which raises it
+                result = exc
+            self._outbox.put((batch, result))
+            if isinstance(result, BaseException):
+                return
+
+    # -- monitoring ---------------------------------------------------------------------------
+    def _after_step(self, batch: _Batch, result: StepResult) -> None:
+        m, s = self.metrics, self.summary
+        now = time.time()
+        cand, base = result.candidate, result.baseline
+        self.prequential.update(
+            base.loss.tolist(), cand.loss.tolist(), base.correct.tolist(), cand.correct.tolist()
+        )
+        defined = ~torch.isnan(cand.correct)
+        s.scored += int(defined.sum())
+        s.baseline_correct += float(base.correct[defined].sum())
+        s.candidate_correct += float(cand.correct[defined].sum())
+        m.batch_size.observe(result.batch_size)
+        m.step_duration.observe(result.duration_s)
+        if result.applied:
+            s.steps += 1
+            s.trained_examples += result.batch_size
+            m.steps.inc()
+            m.last_step_timestamp.set(now)
+            for ts in batch.ts:
+                m.feedback_to_update.observe(max(0.0, now - ts))
+        else:
+            s.skipped_steps += 1
+            m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
+            log.warning(
+                "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
+            )
+        snap = self.prequential.snapshot()
+        m.prequential_loss.labels(model="baseline").set(snap.baseline_loss)
+        m.prequential_loss.labels(model="candidate").set(snap.candidate_loss)
+        m.prequential_accuracy.labels(model="baseline").set(snap.baseline_accuracy)
+        m.prequential_accuracy.labels(model="candidate").set(snap.candidate_accuracy)
+        m.loss_difference.set(snap.mean_loss_difference)
+        m.task_loss.set(result.task_loss)
+        m.regularizer_loss.set(result.reg_loss)
+        m.grad_norm.set(result.grad_norm)
+        m.learning_rate.set(self.learner.optimizer.param_groups[0]["lr"])
+        m.param_distance.set(self.learner.param_distance())
+        if self.learner.device.type == "cuda":
+            m.device_memory.set(torch.cuda.memory_allocated(self.learner.device))
+        for (topic, partition), lag in self.source.lag().items():
+            m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if self.on_progress is not None:
+            self.on_progress(s)
+
+    def _report(self) -> None:
+        for (topic, partition), lag in self.source.lag().items():
+            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        snap = self.prequential.snapshot()
+        log.info(
+            "consumed=%d accepted=%d rejected=%d duplicates=%d steps=%d skipped=%d "
+            "preq_acc baseline=%.3f candidate=%.3f",
+            self.summary.consumed,
+            self.summary.accepted,
+            self.summary.rejected,
+            self.summary.duplicates,
+            self.summary.steps,
+            self.summary.skipped_steps,
+            snap.baseline_accuracy,
+            snap.candidate_accuracy,
+        )
+
+
+def _unusable(detail: str) -> Rejection:
+    from streaming.events import RejectReason
+
+    return Rejection(
+        RejectReason.BAD_VALUE, f"event is valid but cannot train the objective: {detail}"
+    )
