@@ -107,7 +107,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
     else:
         path = resolve_model_path(spec.name)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        loaded = AutoModel.from_pretrained(path)
+        loaded = AutoModel.from_pretrained(path, dtype=torch.float32)  # train in fp32
         hidden = int(loaded.config.hidden_size)
         if getattr(loaded, "pooler", None) is not None:
             loaded.pooler = None  # unused: the reward model mean-pools the last hidden state

@@ -183,8 +183,7 @@ class Pipeline:
             raise
         finally:
             if failed:
-                with contextlib.suppress(queue.Full):  # stop the trainer; commit nothing more
-                    self._inbox.put_nowait(None)
+                self._stop_trainer()  # commit nothing more
             else:
                 self._drain()
             self.summary.elapsed_s = time.monotonic() - started
@@ -301,7 +300,14 @@ class Pipeline:
             self._collect(block=True)
             self._commit_idle()
         finally:
-            self._inbox.put(None)
+            self._stop_trainer()
+
+    def _stop_trainer(self) -> None:
+        # After a clean drain the queue is empty; after a failure the trainer has already
+        # returned. Either way a full queue must not block the caller.
+        with contextlib.suppress(queue.Full):
+            self._inbox.put_nowait(None)
+        if self._trainer.is_alive():
             self._trainer.join(timeout=60)
 
     # -- train stage --------------------------------------------------------------------------
