@@ -127,6 +127,38 @@ def promotion_events(
     return promoted_at
 
 
+def rollback_events(
+    seed: int,
+    runs: int,
+    events: int,
+    batch: int,
+    degradation: float,
+    reference: int = 2000,
+    alpha: float = 0.01,
+) -> np.ndarray:
+    """Events after a promotion until the real rollback watch rolls back (-1: never).
+
+    The previous version leaves ``reference`` per-event log-losses; the promoted one then
+    scores ``events`` fresh events with losses ``degradation`` higher on average.
+    """
+    from monitors.rollback import RollbackConfig, RollbackWatch
+
+    before, _ = paired_losses(np.random.default_rng(seed), runs, reference)
+    after, _ = paired_losses(np.random.default_rng([seed, 1]), runs, events, effect=degradation)
+    config = RollbackConfig(alpha=alpha, reference_size=reference, watch_events=events + 1)
+    rolled_back_at = np.full(runs, -1)
+    for r in range(runs):
+        watch = RollbackWatch(config, clock=lambda: 0.0)
+        watch.observe(before[r])
+        watch.promoted("v2", previous_version="v1")
+        for start in range(0, events, batch):
+            watch.observe(after[r, start : start + batch])
+            if watch.decide().action == "rollback":
+                rolled_back_at[r] = start + batch
+                break
+    return rolled_back_at
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Print the measured false-promotion rate, power and drift-detection delay."""
     from monitors.drift import DriftMonitor
@@ -154,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"true effect = 2 x min_effect = 0.04: promoted {(power >= 0).mean():.1%} within 20,000; "
         f"events to promotion median {np.median(done):.0f}, 95th pct {np.percentile(done, 95):.0f}"
+    )
+
+    healthy = rollback_events(args.seed + 4, args.runs, 5_000, 100, degradation=0.0)
+    degraded = rollback_events(args.seed + 5, args.runs, 10_000, 100, degradation=0.1)
+    hit = degraded[degraded >= 0]
+    print(
+        f"rollback watch, alpha 0.01: healthy promotion rolled back in "
+        f"{(healthy >= 0).mean():.1%} of runs (5,000 events); degraded by 0.1 rolled back in "
+        f"{(degraded >= 0).mean():.1%} within 10,000 (median {np.median(hit):.0f} events)"
     )
 
     # ADWIN (feedstep defaults) on an error rate jumping 0.2 -> 0.4 after 20,000 events.
