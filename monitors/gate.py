@@ -10,7 +10,8 @@ a check without data is inconclusive, and inconclusive is never a pass.
 2. ``sequential_test``: a one-sided mixture SPRT (:mod:`monitors.sequential`) on
    d = baseline loss - candidate loss rejects H0: mean(d) <= ``min_effect`` at level
    ``alpha``. It is always valid, so checking after every batch keeps the false-promotion
-   rate at or below about ``alpha``.
+   rate at or below about ``alpha``. The test must reject at the time of the decision,
+   not just at some earlier look, so stale evidence from an earlier regime cannot promote.
 3. ``holdout``: on the fixed holdout set the caller scores every few steps, the candidate's
    mean loss is at most ``holdout_tolerance`` above the baseline's (missing: inconclusive).
 4. ``drift_quiet``: no drift alarm on the candidate's error stream within the last

@@ -76,13 +76,6 @@ def binomial_quantile(n: int, p: float, q: float) -> int:
     return n
 
 
-def first_crossings(statistic: np.ndarray, threshold: float) -> np.ndarray:
-    """Index of the first column where each row's statistic reaches ``threshold``; -1 if none."""
-    hit = statistic >= threshold
-    first = hit.argmax(axis=1)
-    return np.where(hit.any(axis=1), first, -1)
-
-
 def naive_z_promotions(
     baseline: np.ndarray,
     candidate: np.ndarray,
