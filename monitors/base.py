@@ -2,6 +2,11 @@
 
 Monitors are leaves: they take plain floats (per-example losses, correctness flags, feature
 values) and expose plain values back. They know nothing of Kafka or of torch models.
+
+Monitors that raise alarms report them as :class:`monitors.alarms.DriftAlarm` values; those
+with state worth checkpointing add ``state_dict()`` / ``load_state_dict(state)`` (plain JSON
+values). ``tests/unit/test_drift.py::test_monitor_contract`` runs the same checks over every
+implementation.
 """
 
 from __future__ import annotations

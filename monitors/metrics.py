@@ -12,6 +12,7 @@ several pipelines in one process never collide.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -22,8 +23,16 @@ from prometheus_client import (
     generate_latest,
 )
 
+if TYPE_CHECKING:
+    from monitors.decision import GateDecision, RollbackDecision
+
 EVENT_OUTCOMES = ("accepted", "rejected", "duplicate")
 MODELS = ("baseline", "candidate")
+CHECK_STATES = ("pass", "fail", "inconclusive")
+GATE_CHECKS = ("min_events", "sequential_test", "holdout", "drift_quiet", "param_distance")
+"""The gate's built-in checks; PromQL checks add ``promql_<name>`` (names come from config)."""
+PROMOTION_REASONS = ("gate", "manual")
+ROLLBACK_REASONS = ("degradation", "drift", "manual")
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -144,13 +153,118 @@ class Metrics:
         self.model_info = Info(
             "feedstep_model", "The model, objective and device in use.", registry=r
         )
+        self.drift_alarms = Counter(
+            "feedstep_drift_alarms",
+            "Drift alarms, by detector and stream (e.g. adwin, candidate_error).",
+            ["detector", "stream"],
+            registry=r,
+        )
+        self.gate_events = Gauge(
+            "feedstep_gate_paired_events",
+            "Paired events (both models scored, finite losses) since the last promotion.",
+            registry=r,
+        )
+        self.gate_difference = Gauge(
+            "feedstep_gate_paired_difference_mean",
+            "Mean of baseline loss minus candidate loss since the last promotion.",
+            registry=r,
+        )
+        self.gate_statistic = Gauge(
+            "feedstep_gate_test_statistic",
+            "Log likelihood ratio of the gate's mixture SPRT (promotes at log(1/alpha)).",
+            registry=r,
+        )
+        self.gate_check = Gauge(
+            "feedstep_gate_check",
+            "Value each gate check measured at the last decision (NaN: no data).",
+            ["check"],
+            registry=r,
+        )
+        self.gate_check_threshold = Gauge(
+            "feedstep_gate_check_threshold",
+            "Threshold each gate check compares its value with.",
+            ["check"],
+            registry=r,
+        )
+        self.gate_check_state = Gauge(
+            "feedstep_gate_check_state",
+            "1 for the state (pass, fail, inconclusive) of each gate check at the last decision.",
+            ["check", "state"],
+            registry=r,
+        )
+        self.gate_decisions = Counter(
+            "feedstep_gate_decisions",
+            "Gate decisions taken, by action (promote, hold).",
+            ["action"],
+            registry=r,
+        )
+        self.promotions = Counter(
+            "feedstep_promotions",
+            "Versions promoted to LIVE, by reason (gate, manual).",
+            ["reason"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "feedstep_rollbacks",
+            "LIVE rolled back to the previous version, by reason (degradation, drift, manual).",
+            ["reason"],
+            registry=r,
+        )
+        self.rollback_statistic = Gauge(
+            "feedstep_rollback_test_statistic",
+            "Log likelihood ratio of the rollback watch's degradation test (NaN: not watching).",
+            registry=r,
+        )
+        self.live_version = Info(
+            "feedstep_live_version",
+            "The model version serving as LIVE, and its parent.",
+            registry=r,
+        )
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome=outcome)
         for model in MODELS:
             self.prequential_loss.labels(model=model).set(math.nan)
             self.prequential_accuracy.labels(model=model).set(math.nan)
         self.loss_difference.set(math.nan)
+        for action in ("promote", "hold"):
+            self.gate_decisions.labels(action=action)
+        for reason in PROMOTION_REASONS:
+            self.promotions.labels(reason=reason)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason=reason)
+        for check in GATE_CHECKS:
+            self.gate_check.labels(check=check).set(math.nan)
+        self.gate_events.set(0)
+        self.gate_difference.set(math.nan)
+        self.gate_statistic.set(math.nan)
+        self.rollback_statistic.set(math.nan)
+
+    def record_gate(self, decision: GateDecision) -> None:
+        """Export a gate decision: each check's value, threshold and state, and the test."""
+        self.gate_decisions.labels(action=decision.action).inc()
+        self.gate_events.set(decision.events)
+        self.gate_difference.set(decision.mean_difference)
+        self.gate_statistic.set(decision.test_statistic)
+        for check in decision.checks:
+            self.gate_check.labels(check=check.name).set(_or_nan(check.value))
+            self.gate_check_threshold.labels(check=check.name).set(_or_nan(check.threshold))
+            for state in CHECK_STATES:
+                self.gate_check_state.labels(check=check.name, state=state).set(
+                    1.0 if check.state == state else 0.0
+                )
+
+    def record_rollback_watch(self, decision: RollbackDecision) -> None:
+        """Export the rollback watch's test statistic (counting rollbacks is the caller's)."""
+        self.rollback_statistic.set(decision.test_statistic)
+
+    def set_live_version(self, version: str, previous: str | None = None) -> None:
+        """Set the LIVE version info metric (one series; its labels change on a switch)."""
+        self.live_version.info({"version": version, "previous": previous or ""})
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)

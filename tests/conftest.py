@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny seeded reward model, and the real Kafka broker for integration tests."""
+"""Shared fixtures: a tiny seeded reward model; the real Kafka broker and Prometheus server."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,6 +67,51 @@ def kafka_bootstrap() -> str:
             "or run the suite through scripts/test.sh, which starts it"
         )
     return address
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _prometheus_address() -> str:
+    port = os.environ.get("PROM_PORT", "9090")
+    return os.environ.get("PROMETHEUS_URL", f"http://127.0.0.1:{port}").rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def prometheus_url() -> str:
+    """Base URL of the real Prometheus started by deploy/local/prometheus.sh.
+
+    Under CI a missing server is a test failure, never a skip; on a workstation the test is
+    skipped with the command that starts the server.
+    """
+    url = _prometheus_address()
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=3) as resp:
+            problem = "" if resp.status == 200 else f"/-/ready answered {resp.status}"
+    except OSError as exc:
+        problem = str(exc)
+    if problem:
+        message = (
+            f"no Prometheus ready at {url} ({problem}); start it with "
+            "`deploy/local/prometheus.sh start` (PROM_PORT picks the port)"
+        )
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture(scope="session")
+def prometheus_targets_dir(prometheus_url) -> Path:
+    """The file_sd directory the local Prometheus watches (PROM_TARGETS_DIR overrides)."""
+    if os.environ.get("PROM_TARGETS_DIR"):
+        return Path(os.environ["PROM_TARGETS_DIR"])
+    script = Path(__file__).resolve().parents[1] / "deploy" / "local" / "prometheus.sh"
+    out = subprocess.run(
+        [str(script), "targets-dir"], check=True, capture_output=True, text=True, timeout=30
+    )
+    return Path(out.stdout.strip())
 
 
 @pytest.fixture()
