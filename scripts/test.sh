@@ -18,7 +18,10 @@ if [[ -n "${CI:-}" ]]; then
 fi
 
 KAFKA_SH=deploy/local/kafka.sh
+PROM_SH=deploy/local/prometheus.sh
+export PROM_PORT="${PROM_PORT:-9090}"
 started_broker=0
+started_prom=0
 
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
@@ -26,6 +29,10 @@ cleanup() {
     if ((started_broker)); then
         echo "test.sh: stopping the broker this script started"
         "$KAFKA_SH" stop || echo "test.sh: warning: could not stop the broker" >&2
+    fi
+    if ((started_prom)); then
+        echo "test.sh: stopping the Prometheus server this script started"
+        "$PROM_SH" stop || echo "test.sh: warning: could not stop Prometheus" >&2
     fi
     exit "$rc"
 }
@@ -43,7 +50,14 @@ else
     "$KAFKA_SH" start
 fi
 
-echo "test.sh: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP CI=${CI:-}"
+if "$PROM_SH" probe >/dev/null 2>&1; then
+    echo "test.sh: using the Prometheus server already answering on 127.0.0.1:$PROM_PORT"
+else
+    started_prom=1
+    "$PROM_SH" start
+fi
+
+echo "test.sh: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP PROM_PORT=$PROM_PORT CI=${CI:-}"
 rc=0
 python3 -m pytest -q "$@" || rc=$?
 exit "$rc"
