@@ -1,14 +1,20 @@
-"""The ``feedstep`` command line: ``demo``, ``run`` and ``produce``.
+"""The ``feedstep`` command line.
 
-Every long job shows progress on stderr. User text never reaches the logs.
+Verbs: ``demo``, ``run`` and ``produce`` run and feed the sidecar; ``status``, ``promote`` and
+``rollback`` read and switch the model store (:mod:`learner.store`).
+
+Every long job shows progress on stderr. User text never reaches the logs. Errors print one line,
+``feedstep: error: ...``, on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import gzip
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from learner.store import StoreError
 from streaming.errors import FeedstepError
 
 log = logging.getLogger("feedstep")
@@ -69,13 +76,13 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _build_learner(config: Any) -> Any:
+def _build_learner(config: Any, model_name: str | None = None) -> Any:
     from learner.models import ModelSpec, build_reward_model, select_device
     from learner.objectives import RewardObjective
     from learner.step import Learner, StepConfig
 
     device = select_device(config.device)
-    model, tokenizer = build_reward_model(ModelSpec(config.model, seed=config.seed))
+    model, tokenizer = build_reward_model(ModelSpec(model_name or config.model, seed=config.seed))
     learner = Learner(
         model,
         RewardObjective(tokenizer, max_length=config.max_length),
@@ -90,7 +97,7 @@ def _build_learner(config: Any) -> Any:
     )
     log.info(
         "model=%s objective=%s device=%s trainable=%s parameters: %d trainable of %d",
-        config.model,
+        model_name or config.model,
         config.objective,
         device,
         config.trainable,
@@ -98,6 +105,45 @@ def _build_learner(config: Any) -> Any:
         learner.total_parameters,
     )
     return learner
+
+
+def _starting_model(config: Any) -> tuple[str, int | None]:
+    """The model ``run`` starts from: the store's LIVE version when there is one, else --model.
+
+    Returns the model name for :class:`learner.models.ModelSpec` and the live version (or None).
+    A LIVE version whose files fail their checksums is an error, never silently replaced.
+    """
+    from learner.store import ModelStore
+
+    root = Path(config.store)
+    if not root.is_dir():
+        log.info("model store %s does not exist yet; starting from --model %s", root, config.model)
+        return config.model, None
+    store = ModelStore(root, create=False)
+    live = store.live()
+    if live is None:
+        log.info("model store %s has no LIVE version; starting from --model %s", root, config.model)
+        return config.model, None
+    if live.model_type != "reward_model":
+        raise FeedstepError(
+            f"LIVE version {live.version} of {str(root)!r} is a {live.model_type!r} model, but the "
+            f"{config.objective!r} objective trains a reward model; point --store elsewhere"
+        )
+    report = store.verify(live.version)
+    if not report.ok:
+        raise FeedstepError(
+            f"LIVE version {live.version} of {str(root)!r} fails its checksums "
+            f"({'; '.join(report.problems[:3])}); run `feedstep rollback` or "
+            "`feedstep promote --version N` to make a sound version live"
+        )
+    log.info(
+        "starting from LIVE version %d of model store %s (published %s); --model %s not used",
+        live.version,
+        root,
+        live.created_at,
+        config.model,
+    )
+    return str(live.path), live.version
 
 
 def _pipeline_settings(config: Any) -> Any:
@@ -233,18 +279,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             "device",
             "lr",
             "seed",
+            "store",
         )
     }
     config = load_config(args.config, overrides)
+    model_name, live_version = _starting_model(config)  # a broken store fails before any I/O
     metrics, health = Metrics(), HealthState()
     health.set_ready(False, "loading model")
     server = _serve_metrics(metrics, health, config.metrics_port, config.metrics_host)
     try:
-        learner = _build_learner(config)
+        learner = _build_learner(config, model_name)
         metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
         metrics.parameters.labels(kind="total").set(learner.total_parameters)
         metrics.model_info.info(
-            {"model": config.model, "objective": config.objective, "device": str(learner.device)}
+            {
+                "model": config.model if live_version is None else "store",
+                "version": "" if live_version is None else str(live_version),
+                "objective": config.objective,
+                "device": str(learner.device),
+            }
         )
         health.set_ready(False, "connecting to Kafka")
         source = KafkaSource(config)
@@ -307,6 +360,131 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _actor(args: argparse.Namespace) -> str:
+    if args.actor:
+        return str(args.actor)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        user = os.environ.get("HOSTNAME", "unknown")
+    return f"cli:{user}"
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from learner.store import ModelStore
+    from streaming.config import load_config
+
+    root = args.store or load_config(args.config).store
+    return ModelStore(root, create=False)
+
+
+def _fmt_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in sorted(metrics.items()):
+        shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+        parts.append(f"{key}={shown}")
+    return " ".join(parts) or "-"
+
+
+def _fmt_switch(s: Any) -> str:
+    origin = "none" if s.from_version is None else str(s.from_version)
+    return (
+        f"  #{s.seq:<3} {s.at}  {s.action:<8} {origin:>4} -> {s.to_version:<4} "
+        f"by {s.actor}: {s.reason}"
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the LIVE version, every version, and the last switches of a model store."""
+    store = _open_store(args)
+    live = store.live_version()
+    versions = store.versions()
+    history = store.history()
+    reports = {v.version: store.verify(v.version) for v in versions} if args.verify else {}
+    shown = history[len(history) - args.history :] if args.history > 0 else []
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "store": str(store.root),
+                    "live": live,
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "parent": v.parent,
+                            "created_at": v.created_at,
+                            "kind": v.kind,
+                            "model_type": v.model_type,
+                            "objective": v.objective,
+                            "metrics": v.metrics,
+                            "reason": v.reason,
+                            "path": str(v.path),
+                            **(
+                                {"problems": list(reports[v.version].problems)}
+                                if v.version in reports
+                                else {}
+                            ),
+                        }
+                        for v in versions
+                    ],
+                    "history": [s.to_json() for s in shown],
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(f"store {store.root}")
+        if live is None:
+            print("LIVE: none (make a version live with `feedstep promote --version N`)")
+        else:
+            print(f"LIVE: version {live}")
+        if history and history[-1].to_version != live:
+            print(
+                f"warning: the last recorded switch (#{history[-1].seq}) went to version "
+                f"{history[-1].to_version} but LIVE is {live}: a switch was interrupted; the next "
+                "promote or rollback completes it"
+            )
+        print(f"versions: {len(versions) or 'none'}")
+        if versions:
+            check = "  check  " if args.verify else "  "
+            print(
+                f"    {'version':>7}  {'parent':>6}  {'created_at':<24}  {'objective':<9}"
+                f"{check}metrics / reason"
+            )
+        for v in reversed(versions):
+            mark = "*" if v.version == live else " "
+            parent = "-" if v.parent is None else str(v.parent)
+            state = ""
+            if args.verify:
+                state = "  ok     " if reports[v.version].ok else "  CORRUPT"
+            print(
+                f"  {mark} {v.version:>7}  {parent:>6}  {v.created_at:<24}  {v.objective:<9}"
+                f"{state or '  '}{_fmt_metrics(v.metrics)} / {v.reason}"
+            )
+            for problem in reports[v.version].problems if args.verify else ():
+                print(f"              {problem}")
+        print(f"last switches: {len(shown)} of {len(history)}")
+        for s in shown:
+            print(_fmt_switch(s))
+    return 1 if any(not r.ok for r in reports.values()) else 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Make a version live by hand (recorded as ``manual`` in the store's history)."""
+    store = _open_store(args)
+    switch = store.promote(args.version, reason=args.reason, actor=_actor(args), manual=True)
+    print("LIVE:", _fmt_switch(switch).strip())
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Put back the version that was live before the last promotion."""
+    store = _open_store(args)
+    switch = store.rollback(reason=args.reason, actor=_actor(args))
+    print("LIVE:", _fmt_switch(switch).strip())
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
@@ -344,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None)
     run.add_argument("--lr", type=float, default=None)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument(
+        "--store",
+        default=None,
+        help="model store; its LIVE version is the starting model "
+        "when there is one (default ./feedstep-store)",
+    )
     run.set_defaults(func=cmd_run)
 
     produce = sub.add_parser("produce", help="write recorded events (JSONL) to a topic")
@@ -353,6 +537,36 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--key-field", default="conversation_id", help="event field used as key")
     produce.add_argument("--config", default=None)
     produce.set_defaults(func=cmd_produce)
+
+    store_help = "model store directory (default: the config's store, ./feedstep-store)"
+    status = sub.add_parser("status", help="show the model store: LIVE, versions, switches")
+    status.add_argument("--store", default=None, help=store_help)
+    status.add_argument("--config", default=None)
+    status.add_argument("--history", type=int, default=10, help="switches to show (default 10)")
+    status.add_argument(
+        "--verify", action="store_true", help="check every version's sha256 (exit 1 if corrupt)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=cmd_status)
+
+    promote = sub.add_parser(
+        "promote", help="make a version LIVE by hand (recorded as 'manual' in the history)"
+    )
+    promote.add_argument("--version", type=int, required=True, help="the version to make LIVE")
+    promote.add_argument("--store", default=None, help=store_help)
+    promote.add_argument("--config", default=None)
+    promote.add_argument("--reason", default="promoted by hand", help="why, for the audit trail")
+    promote.add_argument("--actor", default=None, help="who (default cli:<user name>)")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser(
+        "rollback", help="put back the version that was LIVE before the last promotion"
+    )
+    rollback.add_argument("--store", default=None, help=store_help)
+    rollback.add_argument("--config", default=None)
+    rollback.add_argument("--reason", default="rolled back by hand", help="why, for the audit")
+    rollback.add_argument("--actor", default=None, help="who (default cli:<user name>)")
+    rollback.set_defaults(func=cmd_rollback)
     return parser
 
 
@@ -362,8 +576,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (FeedstepError, ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except (FeedstepError, StoreError, ValueError, FileNotFoundError) as exc:
+        print(f"feedstep: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -67,6 +67,9 @@ class FeedstepConfig(BaseSettings):
     l2sp_weight: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     trainable: Literal["full", "head", "bias"] = "full"
+    # Model store
+    store: str = "./feedstep-store"
+    """Directory of the versioned model store; ``run`` starts from its LIVE version."""
     # Monitoring
     prequential_window: int = Field(1000, ge=1)
     metrics_port: int = Field(9108, ge=0, le=65535)
