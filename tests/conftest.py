@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny seeded reward model, and the real Kafka broker for integration tests."""
+"""Shared fixtures: tiny seeded models (a reward model and a causal LM), and the real Kafka
+broker for integration tests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from learner.base import Example
-from learner.models import ModelSpec, build_reward_model
+from learner.models import TINY_CAUSAL, ModelSpec, build_causal_lm, build_reward_model
 from learner.objectives import RewardObjective
 
 
@@ -22,6 +23,18 @@ def tiny_parts():
     def make(seed: int = 0):
         model, _ = build_reward_model(ModelSpec("tiny", seed=seed))
         return model
+
+    return make, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_parts():
+    """(model factory, tokenizer): a 2-layer Llama built from config, seeded, in eval mode."""
+    _, tokenizer = build_causal_lm(ModelSpec(TINY_CAUSAL, seed=0))
+
+    def make(seed: int = 0):
+        model, _ = build_causal_lm(ModelSpec(TINY_CAUSAL, seed=seed))
+        return model.eval()
 
     return make, tokenizer
 
