@@ -205,7 +205,8 @@ class Learner:
             param.requires_grad_(name in chosen)
         self.param_names = list(chosen)
         self.params = list(chosen.values())
-        if cfg.trainable == "lora":
+        self.owns_anchors = cfg.trainable == "lora"  # a copy, so checkpoints must keep it
+        if self.owns_anchors:
             self.anchors = [p.detach().clone() for p in self.params]
         else:
             base = dict(self.baseline.named_parameters())
