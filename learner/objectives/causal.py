@@ -82,7 +82,8 @@ class CausalLMObjective(Objective):
 
         Returns ``input_ids``, ``attention_mask``, ``position_ids`` (counting real tokens
         only) and ``response_mask`` (True on the tokens whose log-prob is scored), all of
-        shape ``[sequences, width]``, and ``response_tokens`` of shape ``[sequences]``.
+        shape ``[sequences, width]``; ``response_tokens`` of shape ``[sequences]``; and
+        ``score_rows``/``score_cols``, the coordinates of the scored tokens.
         """
         enc = self.tokenizer
         p_ids = enc(list(prompts), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
@@ -114,12 +115,15 @@ class CausalLMObjective(Objective):
             ids[i, start:stop] = torch.tensor(row)
             mask[i, start:stop] = 1
             response[i, stop - n_resp : stop] = True
+        score_rows, score_cols = response.nonzero(as_tuple=True)
         return {
             "input_ids": ids,
             "attention_mask": mask,
             "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
             "response_mask": response,
             "response_tokens": response.sum(-1),
+            "score_rows": score_rows,
+            "score_cols": score_cols,
         }
 
     @staticmethod
@@ -134,16 +138,22 @@ class CausalLMObjective(Objective):
 
     # -- forward (device) -----------------------------------------------------------------------
     def model_values(self, model: nn.Module, batch: TensorBatch) -> torch.Tensor:
-        """``log π(response | prompt)`` of every sequence, summed over response tokens."""
+        """``log π(response | prompt)`` of every sequence, summed over response tokens.
+
+        Only the logits that predict a response token go through the log-softmax (prompt
+        positions are skipped), gathered by index tensors built in :meth:`encode`, so there is
+        no data-dependent shape and no device sync.
+        """
         t = batch.tensors
         out = model(
             input_ids=t["input_ids"],
             attention_mask=t["attention_mask"],
             position_ids=t["position_ids"],
         )
-        logits = getattr(out, "logits", out)[:, :-1].float()
-        targets = t["input_ids"][:, 1:]
-        # log softmax at the target only: logit[target] - logsumexp(logits).
-        token_logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-        scored = t["response_mask"][:, 1:]
-        return torch.where(scored, token_logp, torch.zeros_like(token_logp)).sum(-1)
+        logits = getattr(out, "logits", out)
+        rows, cols = t["score_rows"], t["score_cols"]
+        picked = logits[rows, cols - 1].float()  # the logits that predict each response token
+        targets = t["input_ids"][rows, cols]
+        token_logp = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)
+        per_position = token_logp.new_zeros(t["input_ids"].shape)
+        return per_position.index_put((rows, cols), token_logp).sum(-1)
