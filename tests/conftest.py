@@ -1,5 +1,4 @@
-"""Shared fixtures: tiny seeded models (a reward model and a causal LM), and the real Kafka
-broker for integration tests."""
+"""Shared fixtures: a tiny seeded reward model, and the real Kafka broker for integration tests."""
 
 from __future__ import annotations
 
