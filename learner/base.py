@@ -4,6 +4,13 @@ The learner knows nothing of Kafka or of the event schema. The streaming side tu
 feedback event into an :class:`Example`; an :class:`Objective` turns a list of examples into a
 :class:`TensorBatch` (on the CPU, off the training thread) and, given a model and that batch,
 into per-example losses, scores and correctness flags (:class:`ObjectiveOutput`).
+
+An objective works in two halves so that one model call serves two purposes:
+:meth:`Objective.model_values` is the only place a model is called (one value per sequence of
+the batch: a reward, or a response log-probability), and :meth:`Objective.from_values` turns
+those values into per-example outputs. Objectives that compare the model with a frozen reference
+(``needs_reference``: KTO, DPO) take the reference's values of the same batch, so the learner's
+one no-grad baseline pass is both the baseline's test score and the reference for the loss.
 """
 
 from __future__ import annotations
@@ -101,14 +108,57 @@ class ObjectiveOutput:
 
 
 class Objective(abc.ABC):
-    """Turns examples into tensors, and a model plus tensors into per-example losses."""
+    """Turns examples into tensors, and a model plus tensors into per-example losses.
+
+    Attributes:
+        name: the config name of the objective (``reward``, ``kto``, ``dpo``, ``sft``).
+        needs_reference: True when the loss compares the model with a frozen reference model
+            (the learner passes its baseline's values).
+        min_batch_size: the smallest batch :meth:`collate` accepts (KTO needs 4).
+    """
 
     name: str = "objective"
+    needs_reference: bool = False
+    min_batch_size: int = 1
+
+    def check(self, example: Example) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Raise ``ValueError`` saying why this objective cannot train on ``example``.
+
+        The streaming side calls it per event, so an unusable event is dead-lettered on its
+        own instead of failing a whole batch in :meth:`collate` (which calls it too).
+        """
 
     @abc.abstractmethod
     def collate(self, examples: Sequence[Example]) -> TensorBatch:
         """Tokenize ``examples`` into a CPU batch. Called off the training thread."""
 
     @abc.abstractmethod
-    def forward(self, model: nn.Module, batch: TensorBatch) -> ObjectiveOutput:
-        """Per-example loss, score and correctness of ``model`` on ``batch``."""
+    def model_values(self, model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+        """Call ``model`` once on ``batch``: one value per sequence, shape ``[sequences]``."""
+
+    @abc.abstractmethod
+    def from_values(
+        self, values: torch.Tensor, batch: TensorBatch, reference: torch.Tensor | None = None
+    ) -> ObjectiveOutput:
+        """Per-example outputs from a model's values and, if needed, the reference's values."""
+
+    def forward(
+        self, model: nn.Module, batch: TensorBatch, reference: nn.Module | None = None
+    ) -> ObjectiveOutput:
+        """Per-example loss, score and correctness of ``model`` on ``batch``.
+
+        Args:
+            model: the model being evaluated or trained.
+            batch: a batch from :meth:`collate`, on the model's device.
+            reference: the frozen reference model; required when ``needs_reference``.
+        """
+        ref_values: torch.Tensor | None = None
+        if self.needs_reference:
+            if reference is None:
+                raise ValueError(
+                    f"the {self.name!r} objective compares the model with a frozen reference "
+                    "model; pass reference=<the baseline>"
+                )
+            with torch.no_grad():
+                ref_values = self.model_values(reference, batch).detach()
+        return self.from_values(self.model_values(model, batch), batch, ref_values)

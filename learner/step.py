@@ -1,23 +1,36 @@
 """The one step: score → loss → regularize → clip → step → guard.
 
-:class:`Learner` owns two resident copies of the model on one device: the frozen ``baseline``
-(the live model) and the trainable ``candidate``. For each micro-batch :meth:`Learner.step`
+:class:`Learner` owns a frozen ``baseline`` (the live model) and a trainable ``candidate`` on
+one device for the life of the process. For each micro-batch :meth:`Learner.step`
 
-1. scores the batch with the baseline (one no-grad forward),
+1. scores the batch with the baseline (one no-grad forward); for objectives with a reference
+   (KTO, DPO) the same values are the reference's, so the baseline runs once per step,
 2. runs the candidate forward once: its per-example scores are the candidate's *pre-step*
-   predictions (test-then-train) and its losses are the training loss,
-3. adds the L2-SP pull toward the baseline,
-4. guards against a non-finite loss or gradient (the step is skipped, weights and optimizer
-   state untouched, the reason reported),
-5. clips the gradient norm and makes exactly one AdamW step.
+   predictions (test-then-train) and its weighted mean loss is the task loss,
+3. guards: a non-finite loss or task gradient skips the step, leaving weights, optimizer
+   state, EWC Fisher and schedule untouched, and says why,
+4. folds the task gradient into the EWC Fisher estimate, clips the task gradient's norm, and
+   adds the exact gradients of the L2-SP and EWC pulls toward the anchors (not clipped),
+5. makes exactly one AdamW step at the scheduled (possibly boosted) rate, and, with a trust
+   region, scales the update ``Δθ`` back to ``max_update_norm`` when it is longer: with Adam
+   every coordinate moves by about the rate whatever the gradient, so clipping the gradient
+   does not bound the update. The scale applied is reported, never silent.
 
 Dropout is switched off in the candidate: the forward that gives the training loss is also the
 candidate's test score, so it must be the same deterministic function the baseline computes.
+
+What trains (``trainable``): ``full``; ``head`` (the task head: ``head`` of the reward model,
+``lm_head`` of a causal LM); ``bias`` (BitFit: biases and the head); ``lora`` (peft adapters,
+see :mod:`learner.lora`). The anchors the regularizers pull toward are the trainable tensors'
+starting values: the baseline's weights for ``full``/``head``/``bias`` (shared, not copied),
+and for ``lora`` a copy of the adapters' initial values (``B = 0``, ``A`` at its random init,
+the head at the baseline's), so L2-SP/EWC pull the adapters back toward "no change".
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -27,23 +40,39 @@ import torch
 from torch import nn
 
 from learner.base import Objective, ObjectiveOutput, TensorBatch
-from learner.regularizers import L2SP
+from learner.lora import AdaptersDisabled, apply_lora
+from learner.regularizers import L2SP, OnlineEWC
+from learner.schedule import LRSchedule
 
-TRAINABLE = ("full", "head", "bias")
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("full", "head", "bias", "lora")
+_HEADS = ("head.", "lm_head.")
 
 
 @dataclass(frozen=True, slots=True)
 class StepConfig:
-    """Hyper-parameters of the one step.
+    """Hyper-parameters of the one step. The defaults are one plain regularized AdamW step.
 
     Attributes:
-        lr: AdamW learning rate.
+        lr: peak AdamW learning rate.
         weight_decay: decoupled weight decay, off for biases and norm layers.
         betas: AdamW betas.
         eps: AdamW epsilon.
-        l2sp_weight: λ of the L2-SP pull toward the baseline (0 = off).
-        max_grad_norm: gradient clipping threshold (0 = off).
-        trainable: ``full``, ``head`` (only the task head) or ``bias`` (BitFit).
+        l2sp_weight: λ of the L2-SP pull toward the anchors (0 = off).
+        ewc_weight: λ of the online-EWC pull (0 = off). Squared gradients are small, so
+            useful values are large (1e2 to 1e6).
+        ewc_decay: γ of the Fisher moving average ``F ← γF + (1-γ)g²``, in [0, 1).
+        max_grad_norm: clipping threshold of the task gradient's norm (0 = off).
+        max_update_norm: trust region, the cap on ``‖Δθ‖`` of one step (0 = off).
+        warmup_steps: linear warm-up length in applied steps (0 = off).
+        cosine_decay_steps: cosine decay length after warm-up (0 = constant rate).
+        min_lr: the floor the cosine decays to (<= lr).
+        trainable: ``full``, ``head``, ``bias`` (BitFit) or ``lora``.
+        lora_r: LoRA rank.
+        lora_alpha: LoRA scaling numerator (the update is ``alpha / r · BA``).
+        lora_target_modules: module names to adapt; empty = the attention projections.
+        compile: run the models through ``torch.compile`` (falls back to eager on failure).
     """
 
     lr: float = 2e-5
@@ -51,24 +80,56 @@ class StepConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     l2sp_weight: float = 0.01
+    ewc_weight: float = 0.0
+    ewc_decay: float = 0.99
     max_grad_norm: float = 1.0
+    max_update_norm: float = 0.0
+    warmup_steps: int = 0
+    cosine_decay_steps: int = 0
+    min_lr: float = 0.0
     trainable: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = ()
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.l2sp_weight < 0 or self.max_grad_norm < 0:
-            raise ValueError(
-                "weight_decay, l2sp_weight and max_grad_norm must be >= 0, got "
-                f"{self.weight_decay}, {self.l2sp_weight}, {self.max_grad_norm}"
-            )
+        non_negative = {
+            "weight_decay": self.weight_decay,
+            "l2sp_weight": self.l2sp_weight,
+            "ewc_weight": self.ewc_weight,
+            "max_grad_norm": self.max_grad_norm,
+            "max_update_norm": self.max_update_norm,
+            "warmup_steps": self.warmup_steps,
+            "cosine_decay_steps": self.cosine_decay_steps,
+            "min_lr": self.min_lr,
+        }
+        for key, value in non_negative.items():
+            if not value >= 0:
+                raise ValueError(f"{key} must be >= 0, got {value}")
+        if not 0.0 <= self.ewc_decay < 1.0:
+            raise ValueError(f"ewc_decay must lie in [0, 1), got {self.ewc_decay}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.lora_r < 1 or not self.lora_alpha > 0:
+            raise ValueError(
+                f"lora_r must be >= 1 and lora_alpha > 0, got {self.lora_r} and {self.lora_alpha}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """What one step did, in plain values (CPU tensors of shape ``[batch]``)."""
+    """What one step did, in plain values (CPU tensors of shape ``[batch]``).
+
+    ``lr`` is the rate the step used (or would have used, when skipped). ``update_norm`` is
+    ``‖Δθ‖`` of the applied update, measured only with a trust region (else NaN), and
+    ``update_scale`` the factor the trust region applied to AdamW's update (1.0 = untouched;
+    NaN when the step was skipped).
+    """
 
     step: int
     applied: bool
@@ -80,6 +141,9 @@ class StepResult:
     duration_s: float
     candidate: ObjectiveOutput
     baseline: ObjectiveOutput
+    lr: float = float("nan")
+    update_norm: float = float("nan")
+    update_scale: float = float("nan")
 
 
 def _is_no_decay(name: str, param: nn.Parameter) -> bool:
@@ -89,9 +153,14 @@ def _is_no_decay(name: str, param: nn.Parameter) -> bool:
 
 def _select(model: nn.Module, mode: str) -> Iterator[tuple[str, nn.Parameter]]:
     for name, param in model.named_parameters():
-        if mode == "full" or (mode == "head" and name.startswith("head.")):
+        is_head = name.startswith(_HEADS)
+        if (
+            mode == "full"
+            or (mode == "head" and is_head)
+            or (mode == "lora" and param.requires_grad)
+        ):
             yield name, param
-        elif mode == "bias" and (name.endswith(".bias") or name.startswith("head.")):
+        elif mode == "bias" and (name.endswith(".bias") or is_head):
             yield name, param
 
 
@@ -99,7 +168,8 @@ class Learner:
     """A frozen baseline and a trainable candidate on one device, stepped once per batch.
 
     Args:
-        model: the starting model; it becomes the candidate and a deep copy the baseline.
+        model: the starting model. It becomes the candidate; the baseline is a deep copy, or,
+            with ``trainable="lora"``, the candidate seen with its adapters disabled.
         objective: turns batches into per-example losses.
         config: the step's hyper-parameters.
         device: where both models live for the life of the learner.
@@ -107,6 +177,7 @@ class Learner:
     Example:
         >>> learner = Learner(model, RewardObjective(tok), StepConfig(lr=1e-4))  # doctest: +SKIP
         >>> result = learner.step(learner.objective.collate(examples))  # doctest: +SKIP
+        >>> learner.boost(2.0, steps=10)  # drift: learn faster for a while  # doctest: +SKIP
     """
 
     def __init__(
@@ -116,36 +187,54 @@ class Learner:
         config: StepConfig | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.config = config or StepConfig()
+        cfg = self.config = config or StepConfig()
         self.objective = objective
         self.device = torch.device(device)
-        self.candidate = model.to(self.device).eval()  # eval(): dropout off, see module doc
-        self.baseline = copy.deepcopy(self.candidate).eval().requires_grad_(False)
-        chosen = dict(_select(self.candidate, self.config.trainable))
+        model = model.to(self.device).eval()  # eval(): dropout off, see module doc
+        if cfg.trainable == "lora":
+            model.requires_grad_(False)
+            self.candidate: nn.Module = apply_lora(
+                model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules
+            ).eval()
+            self.baseline: nn.Module = AdaptersDisabled(self.candidate)
+        else:
+            self.candidate = model
+            self.baseline = copy.deepcopy(model).eval().requires_grad_(False)
+        chosen = dict(_select(self.candidate, cfg.trainable))
         for name, param in self.candidate.named_parameters():
             param.requires_grad_(name in chosen)
-        self._names = list(chosen)
+        self.param_names = list(chosen)
         self.params = list(chosen.values())
-        base = dict(self.baseline.named_parameters())
-        self.regularizer = L2SP(
-            self.params, [base[n] for n in self._names], self.config.l2sp_weight
-        )
+        self.owns_anchors = cfg.trainable == "lora"  # a copy, so checkpoints must keep it
+        if self.owns_anchors:
+            self.anchors = [p.detach().clone() for p in self.params]
+        else:
+            base = dict(self.baseline.named_parameters())
+            self.anchors = [base[n] for n in self.param_names]
+        self.l2sp = L2SP(self.params, self.anchors, cfg.l2sp_weight)
+        self.ewc = OnlineEWC(self.params, self.anchors, cfg.ewc_weight, cfg.ewc_decay)
+        self.schedule = LRSchedule(cfg.lr, cfg.warmup_steps, cfg.cosine_decay_steps, cfg.min_lr)
         decay = [p for n, p in chosen.items() if not _is_no_decay(n, p)]
         no_decay = [p for n, p in chosen.items() if _is_no_decay(n, p)]
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": decay, "weight_decay": cfg.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ],
-            lr=self.config.lr,
-            betas=self.config.betas,
-            eps=self.config.eps,
+            lr=self.schedule.rate(1),
+            betas=cfg.betas,
+            eps=cfg.eps,
             foreach=True,
         )
+        # Trust region: room for the pre-step weights, allocated once.
+        self._before = [torch.empty_like(p) for p in self.params] if cfg.max_update_norm else []
+        self._models = {"baseline": self.baseline, "candidate": self.candidate}
+        self._compiled = _compile(self._models) if cfg.compile else {}
         self.steps = 0
         self.skipped = 0
         self._autocast = self.device.type == "cuda"
 
+    # -- facts ----------------------------------------------------------------------------------
     @property
     def trainable_parameters(self) -> int:
         """Number of scalar weights the step updates."""
@@ -153,60 +242,96 @@ class Learner:
 
     @property
     def total_parameters(self) -> int:
-        """Number of scalar weights in the candidate."""
+        """Number of scalar weights in the candidate (base weights, adapters and all)."""
         return sum(p.numel() for p in self.candidate.parameters())
 
-    def _forward(self, model: nn.Module, batch: TensorBatch) -> ObjectiveOutput:
+    @property
+    def lr(self) -> float:
+        """The rate the next step will use."""
+        return self.schedule.rate(self.steps + 1)
+
+    def device_memory_bytes(self) -> int:
+        """Bytes of device memory held by tensors (``torch.cuda.memory_allocated``; 0 on CPU)."""
+        if self.device.type != "cuda":
+            return 0
+        return int(torch.cuda.memory_allocated(self.device))
+
+    def param_distance(self) -> float:
+        """L2 distance ``‖θ - θ_anchor‖`` over the trainable weights."""
+        return math.sqrt(float(self.l2sp.sq_distance()))
+
+    def boost(self, factor: float, steps: int) -> None:
+        """Multiply the scheduled rate by ``factor`` for the next ``steps`` applied steps.
+
+        The drift monitors call it; afterwards the rate returns to the schedule.
+        """
+        self.schedule.boost(factor, steps)
+
+    # -- scoring --------------------------------------------------------------------------------
+    def _values(self, role: str, batch: TensorBatch) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-            return self.objective.forward(model, batch)
+            compiled = self._compiled.get(role)
+            if compiled is not None:
+                try:
+                    return self.objective.model_values(compiled, batch)
+                except Exception as exc:  # compile errors surface at the first call
+                    log.warning("torch.compile failed, running eagerly from now on: %s", exc)
+                    self._compiled = {}
+            return self.objective.model_values(self._models[role], batch)
+
+    def _outputs(self, batch: TensorBatch) -> tuple[ObjectiveOutput, ObjectiveOutput]:
+        """Baseline (no grad) and candidate outputs, the baseline run once."""
+        with torch.no_grad():
+            base_values = self._values("baseline", batch).detach()
+        reference = base_values if self.objective.needs_reference else None
+        base_out = self.objective.from_values(base_values, batch, reference)
+        cand_out = self.objective.from_values(self._values("candidate", batch), batch, reference)
+        return base_out, cand_out
 
     def score(self, batch: TensorBatch) -> tuple[ObjectiveOutput, ObjectiveOutput]:
         """Baseline and candidate outputs without training (for holdouts and dry runs)."""
         batch = batch.to(self.device)
         with torch.no_grad():
-            return _cpu(self._forward(self.baseline, batch)), _cpu(
-                self._forward(self.candidate, batch)
-            )
+            base_out, cand_out = self._outputs(batch)
+        return _cpu(base_out), _cpu(cand_out)
 
+    # -- the step -------------------------------------------------------------------------------
     def step(self, batch: TensorBatch) -> StepResult:
         """Score ``batch`` with both models, then make exactly one step on the candidate."""
         started = time.perf_counter()
         batch = batch.to(self.device)
-        with torch.no_grad():
-            base_out = self._forward(self.baseline, batch)
-        cand_out = self._forward(self.candidate, batch)
+        lr = self.schedule.rate(self.steps + 1)
+        # score
+        base_out, cand_out = self._outputs(batch)
+        # task loss
         weights = batch.weights.to(cand_out.loss.dtype)
         task = (cand_out.loss * weights).sum() / weights.sum()
-        reg = self.regularizer.penalty()
+        reg = self.l2sp.penalty() + self.ewc.penalty()
         skip: str | None = None
-        grad_norm = float("nan")
+        grad_norm = update_norm = update_scale = float("nan")
+        # guard, regularize, clip, step
         if not bool(torch.isfinite(task)):
             skip = "non_finite_loss"
         else:
             task.backward()
-            self.regularizer.add_grad()
-            if self.config.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(
-                    self.params, self.config.max_grad_norm, foreach=True
-                )
-            else:
-                norm = torch.linalg.vector_norm(
-                    torch.stack(
-                        [
-                            torch.linalg.vector_norm(p.grad)
-                            for p in self.params
-                            if p.grad is not None
-                        ]
-                    )
-                )
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
             grad_norm = float(norm)
             if not math.isfinite(grad_norm):
                 skip = "non_finite_gradient"
             else:
-                self.optimizer.step()
+                self.ewc.update_fisher()
+                if self.config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grads_with_norm_(
+                        self.params, self.config.max_grad_norm, norm, foreach=True
+                    )
+                self.l2sp.add_grad()
+                self.ewc.add_grad()
+                update_norm, update_scale = self._apply_update(lr)
         self.optimizer.zero_grad(set_to_none=True)
         if skip is None:
             self.steps += 1
+            self.schedule.advance()
         else:
             self.skipped += 1
         return StepResult(
@@ -220,11 +345,40 @@ class Learner:
             duration_s=time.perf_counter() - started,
             candidate=_cpu(cand_out),
             baseline=_cpu(base_out),
+            lr=lr,
+            update_norm=update_norm,
+            update_scale=update_scale,
         )
 
-    def param_distance(self) -> float:
-        """L2 distance ``‖θ_candidate - θ_baseline‖`` over the trainable weights."""
-        return math.sqrt(float(self.regularizer.sq_distance()))
+    @torch.no_grad()
+    def _apply_update(self, lr: float) -> tuple[float, float]:
+        """One AdamW step at ``lr``, its norm capped by the trust region: (‖Δθ‖, scale)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        cap = self.config.max_update_norm
+        params: list[torch.Tensor] = [*self.params]
+        if not cap:
+            self.optimizer.step()
+            return float("nan"), 1.0
+        torch._foreach_copy_(self._before, params)
+        self.optimizer.step()
+        torch._foreach_sub_(self._before, params)  # now holds -Δθ
+        size = float(torch.stack(torch._foreach_norm(self._before)).norm())
+        if size <= cap:
+            return size, 1.0
+        scale = cap / size
+        # θ_new = θ_before + scale·Δθ = θ_after - (1 - scale)·Δθ
+        torch._foreach_add_(params, self._before, alpha=1.0 - scale)
+        return cap, scale
+
+
+def _compile(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """``torch.compile`` each model; on failure log it and run eagerly."""
+    try:
+        return {role: torch.compile(model) for role, model in models.items()}  # type: ignore[misc]
+    except Exception as exc:  # an optional speed-up, never fatal
+        log.warning("torch.compile unavailable, running eagerly: %s", exc)
+        return {}
 
 
 def _cpu(out: ObjectiveOutput) -> ObjectiveOutput:

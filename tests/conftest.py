@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from learner.base import Example
-from learner.models import ModelSpec, build_reward_model
+from learner.models import TINY_CAUSAL, ModelSpec, build_causal_lm, build_reward_model
 from learner.objectives import RewardObjective
 
 
@@ -25,6 +25,18 @@ def tiny_parts():
     def make(seed: int = 0):
         model, _ = build_reward_model(ModelSpec("tiny", seed=seed))
         return model
+
+    return make, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_parts():
+    """(model factory, tokenizer): a 2-layer Llama built from config, seeded, in eval mode."""
+    _, tokenizer = build_causal_lm(ModelSpec(TINY_CAUSAL, seed=0))
+
+    def make(seed: int = 0):
+        model, _ = build_causal_lm(ModelSpec(TINY_CAUSAL, seed=seed))
+        return model.eval()
 
     return make, tokenizer
 

@@ -25,6 +25,8 @@ class RewardObjective(Objective):
         max_length: tokens per (prompt, response) sequence. When too long, the prompt keeps
             its end (the turn being answered) and the response keeps its beginning; the
             response always keeps at least half the budget.
+        pad_to_multiple_of: round the padded width up to a multiple of this (fewer distinct
+            shapes, so fewer recompilations with ``torch.compile``); None pads to the longest.
 
     Example:
         >>> obj = RewardObjective(tokenizer, max_length=64)  # doctest: +SKIP
@@ -33,9 +35,14 @@ class RewardObjective(Objective):
 
     name = "reward"
 
-    def __init__(self, tokenizer: object, max_length: int = 256) -> None:
+    def __init__(
+        self, tokenizer: object, max_length: int = 256, pad_to_multiple_of: int | None = None
+    ) -> None:
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {pad_to_multiple_of}")
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.tokenizer = tokenizer
         self.max_length = max_length
         tok = tokenizer
@@ -87,6 +94,8 @@ class RewardObjective(Objective):
             rows.append(row)
             types.append([0] * (p_keep + 2) + [1] * (r_keep + 1))
         width = max(len(r) for r in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
         token_types = torch.zeros((len(rows), width), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -108,14 +117,26 @@ class RewardObjective(Objective):
         )
 
     # -- forward (device) ----------------------------------------------------------------------
-    def forward(self, model: nn.Module, batch: TensorBatch) -> ObjectiveOutput:
-        """Score every sequence once, then per-example losses in the examples' order."""
+    def model_values(self, model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+        """The reward of every sequence, one encoder pass, shape ``[sequences]``."""
         t = batch.tensors
-        rewards = model(
+        rewards: torch.Tensor = model(
             input_ids=t["input_ids"],
             attention_mask=t["attention_mask"],
             token_type_ids=t["token_type_ids"],
-        ).float()
+        )
+        return rewards.float()
+
+    def from_values(
+        self, values: torch.Tensor, batch: TensorBatch, reference: torch.Tensor | None = None
+    ) -> ObjectiveOutput:
+        """Per-example losses in the examples' order (``reference`` is not used).
+
+        ``score`` is the reward (pointwise) or the reward margin chosen - rejected (pairs);
+        ``correct`` is whether its sign agrees with the feedback, NaN for a neutral rating.
+        """
+        t = batch.tensors
+        rewards = values
         first, second, target = t["first"], t["second"], t["target"]
         pair = second >= 0
         r_first = rewards[first]
