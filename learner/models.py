@@ -17,10 +17,6 @@ it without feedstep::
 ``AutoModel.from_pretrained(<dir>/encoder)`` and ``AutoTokenizer.from_pretrained(<dir>/encoder)``
 load the parts; the reward is ``head(mean over tokens of last_hidden_state, weighted by the
 attention mask)``, on the pair encoding ``tokenizer(prompt, response)``.
-=======
-seeded random weights (and MiniLM's tokenizer) for fast tests; ``"tiny-causal"`` builds a
-2-layer Llama-style causal LM the same way, for the causal-LM objectives; any other name is a
-local directory in Hugging Face layout.
 """
 
 from __future__ import annotations

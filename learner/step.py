@@ -267,6 +267,30 @@ class Learner:
         """
         self.schedule.boost(factor, steps)
 
+    # -- switching (promotion, rollback) ------------------------------------------------------
+    @torch.no_grad()
+    def rebase(self) -> None:
+        """Make the candidate the new baseline (after a promotion).
+
+        The baseline's weights become a copy of the candidate's, so the L2-SP/EWC anchor and
+        the paired comparison restart from the promoted model; the optimizer keeps its moments.
+        """
+        if self.config.trainable == "lora":
+            raise NotImplementedError(
+                "promotion with trainable='lora' needs the adapters merged into the base and "
+                "re-initialised, which feedstep does not do yet; use full, head or bias"
+            )
+        self.baseline.load_state_dict(self.candidate.state_dict())
+
+    @torch.no_grad()
+    def reset_to(self, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` into both models and clear the optimizer's moments (after a rollback)."""
+        if self.config.trainable == "lora":
+            raise NotImplementedError("rollback with trainable='lora' is not supported yet")
+        self.candidate.load_state_dict(state)
+        self.baseline.load_state_dict(state)
+        self.optimizer.state.clear()
+
     # -- scoring --------------------------------------------------------------------------------
     def _values(self, role: str, batch: TensorBatch) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):

@@ -71,6 +71,8 @@ class GateConfig:
             for H0 to be rejected; 0 asks for "any improvement" (>= 0).
         alpha: level of the sequential test: the false-promotion rate bound (0 < alpha < 1).
         holdout_tolerance: how much higher the candidate's holdout loss may be (>= 0).
+        holdout_required: False switches the holdout check off (no holdout set exists); when
+            True a missing holdout result is inconclusive.
         drift_quiet_events: events without a candidate-error drift alarm needed (>= 0; 0
             switches the check off).
         max_param_distance: cap on the caller's parameter distance (> 0; inf: no cap, but a
@@ -94,6 +96,7 @@ class GateConfig:
     min_effect: float = 0.0
     alpha: float = 0.05
     holdout_tolerance: float = 0.0
+    holdout_required: bool = True
     drift_quiet_events: int = 1000
     max_param_distance: float = math.inf
     promql: tuple[PromQLCheck, ...] = ()
@@ -308,6 +311,8 @@ class Gate:
 
     def _check_holdout(self, holdout: HoldoutResult | None) -> Check:
         tol = self.config.holdout_tolerance
+        if holdout is None and not self.config.holdout_required:
+            return Check("holdout", True, None, tol, "switched off (no holdout set configured)")
         if holdout is None:
             return Check("holdout", None, None, tol, "no holdout result yet")
         b, c = float(holdout.baseline_loss), float(holdout.candidate_loss)

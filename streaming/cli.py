@@ -146,6 +146,61 @@ def _starting_model(config: Any) -> tuple[str, int | None]:
     return str(live.path), live.version
 
 
+def _build_governor(config: Any, learner: Any, sink: Any, metrics: Any) -> Any:
+    """Drift monitors, the gate and the rollback watch, publishing to the store and Kafka."""
+    from learner.store import ModelStore
+    from monitors.gate import GateConfig
+    from monitors.promql import PromQLCheck
+    from monitors.rollback import RollbackConfig
+    from streaming.governance import GovernanceSettings, Governor, load_holdout
+
+    gate = GateConfig(
+        min_events=config.gate_min_events,
+        min_effect=config.gate_min_effect,
+        alpha=config.gate_alpha,
+        holdout_tolerance=config.holdout_tolerance,
+        holdout_required=config.holdout_file is not None,
+        drift_quiet_events=config.drift_quiet_events,
+        max_param_distance=config.max_param_distance,
+        promql=tuple(PromQLCheck(**check) for check in config.promql_checks),
+        prometheus_url=config.prometheus_url,
+    )
+    settings = GovernanceSettings(
+        gate=gate,
+        rollback=RollbackConfig(
+            alpha=config.rollback_alpha, watch_events=config.rollback_watch_events
+        ),
+        drift_detector=config.drift_detector,
+        updates_topic=config.updates_topic,
+        publish=config.publish,
+        webhook_url=config.webhook_url,
+        holdout_every_steps=config.holdout_every_steps,
+    )
+    holdout = load_holdout(config.holdout_file, learner.objective) if config.holdout_file else None
+    store = ModelStore(config.store) if config.publish else None
+    governor = Governor(
+        learner,
+        store,
+        sink if config.publish else None,
+        metrics,
+        settings,
+        holdout=holdout,
+        objective=config.objective,
+    )
+    governor.ensure_initial_version(learner.objective.tokenizer)
+    log.info(
+        "gate: min_events=%d alpha=%s min_effect=%s holdout=%s; publishing=%s to %s and %s",
+        gate.min_events,
+        gate.alpha,
+        gate.min_effect,
+        config.holdout_file or "none",
+        config.publish,
+        config.store,
+        config.updates_topic,
+    )
+    return governor
+
+
 def _pipeline_settings(config: Any) -> Any:
     from streaming.events import DecodeLimits
     from streaming.pipeline import PipelineSettings
@@ -309,7 +364,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.bootstrap_servers,
             config.dlq_topic,
         )
-        pipeline = Pipeline(source, sink, learner, metrics, _pipeline_settings(config), health)
+        governor = _build_governor(config, learner, sink, metrics)
+        pipeline = Pipeline(
+            source, sink, learner, metrics, _pipeline_settings(config), health, governor=governor
+        )
         _install_signals(pipeline)
         try:
             summary = pipeline.run()

@@ -74,6 +74,25 @@ class FeedstepConfig(BaseSettings):
     prequential_window: int = Field(1000, ge=1)
     metrics_port: int = Field(9108, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
+    # Promotion gate, drift, publishing
+    publish: bool = True
+    """False: decisions are computed and exported but nothing is promoted or published."""
+    gate_min_events: int = Field(2000, ge=1)
+    gate_min_effect: float = Field(0.0, ge=0)
+    gate_alpha: float = Field(0.05, gt=0, lt=1)
+    holdout_file: str | None = None
+    holdout_every_steps: int = Field(50, ge=1)
+    holdout_tolerance: float = Field(0.0, ge=0)
+    drift_detector: Literal["adwin", "page_hinkley", "kswin", "ddm", "fhddm"] = "adwin"
+    drift_quiet_events: int = Field(1000, ge=0)
+    max_param_distance: float = Field(float("inf"), gt=0)
+    prometheus_url: str | None = None
+    promql_checks: list[dict[str, str]] = Field(default_factory=list)
+    """Each ``{name, query, condition}``, e.g. ``{condition = "< 0.05"}``; config file only."""
+    rollback_alpha: float = Field(0.01, gt=0, lt=1)
+    rollback_watch_events: int = Field(50_000, ge=2)
+    updates_topic: str = "feedstep.model-updates"
+    webhook_url: str | None = None
     # Ending a run (tests, replays)
     stop_after_events: int | None = Field(None, ge=1)
     stop_when_idle_s: float | None = Field(None, gt=0)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -40,6 +41,7 @@ from streaming.deadletter import send_to_dead_letter
 from streaming.dedup import Deduplicator
 from streaming.errors import PipelineError
 from streaming.events import DecodeLimits, FeedbackEvent, Rejection, decode_event
+from streaming.governance import Governor, features_of
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class _Batch:
     examples: list[Example]
     ts: list[float]
     offsets: dict[TopicPartition, int]
+    features: list[Any]
     tensors: TensorBatch | None = None
 
 
@@ -115,6 +118,7 @@ class Pipeline:
         settings: PipelineSettings | None = None,
         health: HealthState | None = None,
         on_progress: Callable[[RunSummary], None] | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self.source = source
         self.dead_letters = dead_letters
@@ -123,8 +127,12 @@ class Pipeline:
         self.settings = settings or PipelineSettings()
         self.health = health or HealthState()
         self.on_progress = on_progress
+        self.governor = governor
+        # Held by the training thread during a step and by the governor while it reads or
+        # switches weights (holdout scoring, promotion, rollback).
+        self.learner_lock = governor.lock if governor is not None else threading.Lock()
         s = self.settings
-        self.batcher: MicroBatcher[tuple[Example, float]] = MicroBatcher(
+        self.batcher: MicroBatcher[tuple[Example, float, Any]] = MicroBatcher(
             s.batch_size, s.max_wait_ms
         )
         self.dedup = Deduplicator(s.dedup_window)
@@ -220,7 +228,12 @@ class Pipeline:
             return
         self.summary.accepted += 1
         self.metrics.events.labels(outcome="accepted").inc()
-        full = self.batcher.add((example, event.ts_epoch_s))
+        features = (
+            features_of(event.prompt, event.response, event.feedback.type)
+            if self.governor is not None
+            else None
+        )
+        full = self.batcher.add((example, event.ts_epoch_s, features))
         if full:
             self._dispatch(full)
 
@@ -237,9 +250,12 @@ class Pipeline:
             "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
         )
 
-    def _dispatch(self, items: list[tuple[Example, float]]) -> None:
+    def _dispatch(self, items: list[tuple[Example, float, Any]]) -> None:
         batch = _Batch(
-            examples=[e for e, _ in items], ts=[t for _, t in items], offsets=dict(self._seen)
+            examples=[e for e, _, _ in items],
+            ts=[t for _, t, _ in items],
+            offsets=dict(self._seen),
+            features=[f for _, _, f in items],
         )
         batch.tensors = self.learner.objective.collate(batch.examples).pin()
         while True:  # bounded queue: a slow step slows consumption instead of growing memory
@@ -318,7 +334,8 @@ class Pipeline:
                 return
             try:
                 assert batch.tensors is not None
-                result: StepResult | BaseException = self.learner.step(batch.tensors)
+                with self.learner_lock:
+                    result: StepResult | BaseException = self.learner.step(batch.tensors)
             except BaseException as exc:  # handed to the ingest stage, which raises it
                 result = exc
             self._outbox.put((batch, result))
@@ -367,6 +384,10 @@ class Pipeline:
             m.device_memory.set(torch.cuda.memory_allocated(self.learner.device))
         for (topic, partition), lag in self.source.lag().items():
             m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if self.governor is not None:
+            self.governor.after_step(
+                result, batch.features, getattr(self.learner.objective, "tokenizer", None)
+            )
         if self.on_progress is not None:
             self.on_progress(s)
 

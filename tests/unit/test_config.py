@@ -56,8 +56,8 @@ def test_password_is_secret_and_not_echoed():
     assert c.sasl_plain_password.get_secret_value() == "hunter2"
 
 
-def test_cli_exits_2_with_the_reason_on_bad_config(tmp_path, capsys, caplog):
+def test_cli_exits_2_with_the_reason_on_bad_config(tmp_path, capsys):
     cfg = tmp_path / "f.toml"
     cfg.write_text("nonsense = 1\n")
     assert main(["run", "--config", str(cfg)]) == 2
-    assert "unknown key 'nonsense'" in caplog.text
+    assert "unknown key 'nonsense'" in capsys.readouterr().err

@@ -1,0 +1,383 @@
+"""Governance: drift monitors, the promotion gate, publishing and rollback, wired to a learner.
+
+After every step the :class:`Governor` feeds the paired per-event losses and errors to the
+monitors, asks the gate for a decision, and acts on it:
+
+* **promote**: write the candidate as a new version in the model store, switch ``LIVE``,
+  announce it on the model-updates topic (and an optional webhook), make the candidate the new
+  baseline (the L2-SP anchor and the sequential test restart from it);
+* **rollback**: when the rollback watch finds the promoted version worse than the one before
+  (or a drift alarm fires on the live model's error stream), switch ``LIVE`` back, load the
+  previous weights into both models, and announce it.
+
+With ``publish=False`` (``feedstep replay``'s dry run) decisions are computed and recorded but
+nothing is written to the store or to Kafka, and the models are not switched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from learner.base import TensorBatch
+from learner.step import Learner, StepResult
+from learner.store import ModelStore
+from monitors.alarms import DriftAlarm
+from monitors.decision import GateDecision, RollbackDecision
+from monitors.drift import DriftMonitor
+from monitors.gate import Gate, GateConfig, HoldoutResult
+from monitors.input_drift import InputDriftMonitor, InputFeatures
+from monitors.metrics import Metrics
+from monitors.rollback import RollbackConfig, RollbackWatch
+from streaming.base import Sink
+
+log = logging.getLogger(__name__)
+
+ACTOR = "feedstep-gate"
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceSettings:
+    """What the governor watches and how it acts."""
+
+    gate: GateConfig = field(default_factory=GateConfig)
+    rollback: RollbackConfig = field(default_factory=RollbackConfig)
+    drift_detector: str = "adwin"
+    updates_topic: str = "feedstep.model-updates"
+    publish: bool = True
+    webhook_url: str | None = None
+    holdout_every_steps: int = 50
+    boost_factor: float = 2.0
+    boost_steps: int = 50
+    input_drift: bool = True
+
+
+@dataclass(slots=True)
+class Event:
+    """One decision or switch, in order, for reports (replay) and tests."""
+
+    index: int
+    kind: str
+    detail: dict[str, Any]
+
+
+class Governor:
+    """Monitors + gate + store for one learner.
+
+    Args:
+        learner: the baseline/candidate pair.
+        store: the model store (``None`` only with ``publish=False``).
+        updates: where model-updates messages go (the Kafka sink; ``None`` in dry runs).
+        metrics: the process's metric set.
+        settings: see :class:`GovernanceSettings`.
+        lock: held while the learner's weights are read or switched, so a step in flight on
+            the training thread never races a promotion.
+        holdout: a fixed holdout batch (already collated), scored every
+            ``holdout_every_steps`` steps; ``None`` leaves the holdout check inconclusive.
+        objective: the objective's name for manifests.
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        store: ModelStore | None,
+        updates: Sink | None,
+        metrics: Metrics,
+        settings: GovernanceSettings | None = None,
+        lock: threading.Lock | None = None,
+        holdout: TensorBatch | None = None,
+        objective: str = "reward",
+    ) -> None:
+        self.learner = learner
+        self.store = store
+        self.updates = updates
+        self.metrics = metrics
+        self.settings = settings or GovernanceSettings()
+        s = self.settings
+        if s.publish and store is None:
+            raise ValueError("publishing needs a model store; pass store= or publish=False")
+        self.lock = lock or threading.Lock()
+        self.holdout = holdout
+        self.objective = objective
+        self.gate = Gate(s.gate)
+        self.watch = RollbackWatch(s.rollback)
+        self.candidate_errors = DriftMonitor(
+            "candidate_error",
+            detector=s.drift_detector,
+            metrics=metrics,
+            on_alarm=self._candidate_alarm,
+        )
+        self.live_errors = DriftMonitor(
+            "live_error", detector=s.drift_detector, metrics=metrics, on_alarm=self._live_alarm
+        )
+        self.inputs = (
+            InputDriftMonitor(metrics=metrics, on_alarm=self._input_alarm)
+            if s.input_drift
+            else None
+        )
+        self.events = 0
+        self.steps = 0
+        self.history: list[Event] = []
+        self._holdout_result: HoldoutResult | None = None
+        self.live_version: int | None = store.live_version() if store is not None else None
+        if self.live_version is not None:
+            metrics.set_live_version(str(self.live_version))
+
+    # -- start ------------------------------------------------------------------------------
+    def ensure_initial_version(self, tokenizer: Any) -> None:
+        """With an empty store, publish the starting model as version 1 and make it LIVE.
+
+        A rollback then always has a version to return to.
+        """
+        if not self.settings.publish or self.store is None or self.live_version is not None:
+            return
+        info = self.store.publish(
+            self.learner.baseline,
+            tokenizer,
+            objective=self.objective,
+            metrics={},
+            reason="initial baseline",
+        )
+        switch = self.store.promote(info.version, "initial baseline", ACTOR)
+        self.live_version = info.version
+        self.metrics.set_live_version(str(info.version))
+        self._announce("promote", info.version, None, "initial baseline", {}, switch.to_json())
+
+    # -- per step ---------------------------------------------------------------------------
+    def after_step(
+        self, result: StepResult, features: Sequence[InputFeatures], tokenizer: Any
+    ) -> None:
+        """Feed one step's paired outcomes to the monitors, then decide and act."""
+        base_loss = result.baseline.loss.tolist()
+        cand_loss = result.candidate.loss.tolist()
+        self.candidate_errors.update_many(_errors(result.candidate.correct.tolist()))
+        self.live_errors.update_many(_errors(result.baseline.correct.tolist()))
+        if self.inputs is not None:
+            self.inputs.update_many(features)
+        self.gate.observe(base_loss, cand_loss)
+        self.watch.observe(base_loss)
+        self.events += len(base_loss)
+        self.steps += 1
+        if self.holdout is not None and self.steps % self.settings.holdout_every_steps == 0:
+            self._score_holdout()
+
+        rollback = self.watch.decide()
+        self.metrics.record_rollback_watch(rollback)
+        if rollback.action == "rollback":
+            self._rollback(rollback)
+            return
+        with self.lock:
+            distance = self.learner.param_distance()
+        decision = self.gate.decide(holdout=self._holdout_result, param_distance=distance)
+        self.metrics.record_gate(decision)
+        if decision.action == "promote":
+            self._promote(decision, tokenizer)
+
+    def _score_holdout(self) -> None:
+        assert self.holdout is not None
+        with self.lock:
+            base, cand = self.learner.score(self.holdout)
+        self._holdout_result = HoldoutResult(
+            baseline_loss=float(base.loss.mean()),
+            candidate_loss=float(cand.loss.mean()),
+            step=self.steps,
+        )
+
+    # -- acting -----------------------------------------------------------------------------
+    def _promote(self, decision: GateDecision, tokenizer: Any) -> None:
+        record = json.loads(decision.to_json())
+        metrics = {
+            "events": decision.events,
+            "mean_loss_difference": _finite(decision.mean_difference),
+            "test_statistic": _finite(decision.test_statistic),
+        }
+        old = self.live_version
+        if self.settings.publish and self.store is not None:
+            with self.lock:
+                info = self.store.publish(
+                    self.learner.candidate,
+                    tokenizer,
+                    objective=self.objective,
+                    metrics=metrics,
+                    reason=decision.reason,
+                    parent=old,
+                )
+                switch = self.store.promote(info.version, decision.reason, ACTOR)
+                self.learner.rebase()
+            new = info.version
+            self._announce("promote", new, old, decision.reason, metrics, switch.to_json())
+        else:
+            with self.lock:
+                self.learner.rebase()
+            new = (old or 0) + 1
+        self.live_version = new
+        self.metrics.promotions.labels(reason="gate").inc()
+        self.metrics.set_live_version(str(new), str(old) if old is not None else None)
+        self.gate.reset()
+        self.watch.promoted(str(new), str(old) if old is not None else None)
+        self._holdout_result = None
+        self.history.append(Event(self.events, "promote", {"to": new, "from": old, **record}))
+        log.info(
+            "promoted version %s (parent %s) after %d events: %s",
+            new,
+            old,
+            decision.events,
+            decision.reason,
+        )
+
+    def _rollback(self, decision: RollbackDecision) -> None:
+        record = json.loads(decision.to_json())
+        old = self.live_version
+        if self.settings.publish and self.store is not None:
+            from learner.models import load_reward_model
+
+            with self.lock:
+                switch = self.store.rollback(decision.reason, ACTOR)
+                model, _ = load_reward_model(self.store.path(switch.to_version))
+                self.learner.reset_to(model.state_dict())
+            new: int | None = switch.to_version
+            self._announce(
+                "rollback", switch.to_version, old, decision.reason, {}, switch.to_json()
+            )
+        else:
+            new = None  # a dry run has no stored weights to go back to; it records the decision
+        self.live_version = new if new is not None else old
+        self.metrics.rollbacks.labels(reason=decision.cause or "degraded").inc()
+        self.watch.rolled_back()
+        self.gate.reset()
+        self.history.append(Event(self.events, "rollback", {"to": new, "from": old, **record}))
+        log.warning("rolled back from version %s to %s: %s", old, new, decision.reason)
+
+    def _announce(
+        self,
+        action: str,
+        version: int,
+        parent: int | None,
+        reason: str,
+        metrics: dict[str, Any],
+        switch: dict[str, Any],
+    ) -> None:
+        if self.store is None:
+            return
+        folder = self.store.path(version)
+        manifest_sha = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+        message = {
+            "action": action,
+            "version": version,
+            "parent": parent,
+            "path": str(folder.resolve()),
+            "sha256": manifest_sha,  # of manifest.json, which lists every file's sha256
+            "objective": self.objective,
+            "metrics": metrics,
+            "reason": reason,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "switch": switch,
+        }
+        body = json.dumps(message, sort_keys=True).encode()
+        if self.updates is not None:
+            self.updates.send(self.settings.updates_topic, body, key=str(version).encode())
+            self.updates.flush()
+        if self.settings.webhook_url:
+            try:
+                request = urllib.request.Request(
+                    self.settings.webhook_url,
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    method="POST",
+                )
+                urllib.request.urlopen(request, timeout=5).close()
+            except OSError as exc:  # the switch happened; a webhook outage must not undo it
+                log.warning("model-updates webhook failed: %s", exc)
+
+    # -- alarms -----------------------------------------------------------------------------
+    def _candidate_alarm(self, alarm: DriftAlarm) -> None:
+        self.gate.note_alarm(alarm)
+        self.history.append(Event(self.events, "drift", alarm.to_dict()))
+
+    def _live_alarm(self, alarm: DriftAlarm) -> None:
+        self.watch.note_alarm(alarm)
+        self.history.append(Event(self.events, "drift", alarm.to_dict()))
+
+    def _input_alarm(self, alarm: DriftAlarm) -> None:
+        self.history.append(Event(self.events, "drift", alarm.to_dict()))
+        boost = getattr(self.learner, "boost", None)
+        if boost is not None:
+            boost(self.settings.boost_factor, self.settings.boost_steps)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON state of every monitor, for the learner checkpoint's ``extra``."""
+        return {
+            "gate": self.gate.state_dict(),
+            "watch": self.watch.state_dict(),
+            "candidate_errors": self.candidate_errors.state_dict(),
+            "live_errors": self.live_errors.state_dict(),
+            "inputs": self.inputs.state_dict() if self.inputs is not None else None,
+            "events": self.events,
+            "steps": self.steps,
+            "live_version": self.live_version,
+        }
+
+
+def _errors(correct: Sequence[float]) -> list[float]:
+    return [1.0 - c if not math.isnan(c) else math.nan for c in correct]
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def features_of(prompt: str, response: str, feedback_type: str) -> InputFeatures:
+    """Cheap input features of one event (lengths in characters, the feedback type)."""
+    return InputFeatures(
+        prompt_length=float(len(prompt)),
+        response_length=float(len(response)),
+        feedback_type=feedback_type,
+    )
+
+
+def load_holdout(path: str | Path, objective: Any, max_events: int = 2000) -> TensorBatch:
+    """Read a holdout JSONL file (the feedback event schema) and collate it once.
+
+    Lines that do not decode are an error here, not dead letters: a holdout set is curated.
+    """
+    from streaming.convert import to_example
+    from streaming.errors import ConfigError
+    from streaming.events import Rejection, decode_event
+
+    examples = []
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"holdout_file {str(p)!r} does not exist; pass a JSONL file of events")
+    with p.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            decoded = decode_event(line.rstrip(b"\r\n"))
+            if isinstance(decoded, Rejection):
+                raise ConfigError(
+                    f"holdout_file {str(p)!r} line {number}: {decoded.reason.value}: "
+                    f"{decoded.detail}"
+                )
+            examples.append(to_example(decoded))
+            if len(examples) >= max_events:
+                break
+    if not examples:
+        raise ConfigError(f"holdout_file {str(p)!r} holds no events")
+    return objective.collate(examples)  # type: ignore[no-any-return]
+
+
+def write_decisions(path: Path, events: Sequence[Event]) -> None:
+    """Write the decision history as JSON (used by replay reports)."""
+    path.write_text(
+        json.dumps([{"index": e.index, "kind": e.kind, **e.detail} for e in events], indent=2)
+    )

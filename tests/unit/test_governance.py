@@ -1,0 +1,110 @@
+"""The governor over in-memory fakes: promotion publishes, announces and rebases; dry runs don't."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from learner.step import Learner, StepConfig
+from learner.store import ModelStore
+from monitors.gate import GateConfig
+from monitors.metrics import Metrics
+from streaming.governance import GovernanceSettings, Governor
+from streaming.pipeline import Pipeline, PipelineSettings
+from streaming.simulate import SimulatedFeedback
+from streaming.testing import MemorySink, MemorySource
+
+GATE = GateConfig(min_events=300, drift_quiet_events=0, holdout_required=False)
+
+
+def _run(tiny_parts, objective, store, publish: bool):
+    learner = Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3))
+    sink, metrics = MemorySink(), Metrics()
+    governor = Governor(
+        learner,
+        store,
+        sink if publish else None,
+        metrics,
+        GovernanceSettings(gate=GATE, publish=publish),
+    )
+    governor.ensure_initial_version(objective.tokenizer)
+    rebased_at: list[float] = []
+    original = learner.rebase
+
+    def spy_rebase():
+        original()
+        rebased_at.append(learner.param_distance())
+
+    learner.rebase = spy_rebase
+    source = MemorySource(list(SimulatedFeedback(seed=1).payloads(700)))
+    Pipeline(
+        source, MemorySink(), learner, metrics, PipelineSettings(batch_size=16), governor=governor
+    ).run()
+    return governor, sink, metrics, rebased_at
+
+
+def test_promotion_publishes_switches_announces_and_rebases(tiny_parts, objective, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    governor, sink, metrics, rebased_at = _run(tiny_parts, objective, store, publish=True)
+    promotions = [e for e in governor.history if e.kind == "promote"]
+    assert promotions, "a learnable stream should be promoted within 700 events"
+    assert rebased_at and all(d == 0.0 for d in rebased_at)
+    versions = store.versions()
+    assert len(versions) == 1 + len(promotions)
+    assert store.live_version() == versions[-1].version == governor.live_version
+    messages = [json.loads(m.value) for m in sink.by_topic("feedstep.model-updates")]
+    assert [m["version"] for m in messages] == [v.version for v in versions]
+    assert messages[-1]["parent"] == versions[-2].version
+    text = metrics.render().decode()
+    assert f'feedstep_promotions_total{{reason="gate"}} {float(len(promotions))}' in text
+    assert 'feedstep_gate_check_state{check="sequential_test",state="pass"}' in text
+
+
+def test_dry_run_decides_but_writes_nothing(tiny_parts, objective, tmp_path):
+    governor, sink, _, rebased_at = _run(tiny_parts, objective, None, publish=False)
+    assert [e.kind for e in governor.history if e.kind == "promote"]
+    assert sink.messages == []
+    assert not (tmp_path / "store").exists()
+
+
+def test_rollback_restores_the_previous_version_in_both_models(tiny_parts, objective, tmp_path):
+    store = ModelStore(tmp_path / "store")
+    learner = Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3))
+    sink = MemorySink()
+    governor = Governor(learner, store, sink, Metrics(), GovernanceSettings(gate=GATE))
+    governor.ensure_initial_version(objective.tokenizer)
+    first = {k: v.clone() for k, v in learner.candidate.state_dict().items()}
+    # Pretend a promoted version 2 turned out worse: publish different weights and switch.
+    with torch.no_grad():
+        for p in learner.candidate.parameters():
+            p.add_(0.01)
+    v2 = store.publish(
+        learner.candidate,
+        objective.tokenizer,
+        objective="reward",
+        metrics={},
+        reason="test",
+        parent=1,
+    )
+    store.promote(v2.version, "test", "pytest")
+    learner.rebase()
+    governor.live_version = v2.version
+    from monitors.decision import RollbackDecision
+
+    decision = RollbackDecision(
+        action="rollback",
+        cause="degraded",
+        version="2",
+        previous_version="1",
+        events=500,
+        test_statistic=9.0,
+        checks=(),
+        decided_at="2026-11-28T00:00:00Z",
+    )
+    governor._rollback(decision)
+    assert store.live_version() == 1 and governor.live_version == 1
+    for name, value in learner.baseline.state_dict().items():
+        assert torch.allclose(value, first[name]), name
+        assert torch.allclose(learner.candidate.state_dict()[name], first[name]), name
+    assert json.loads(sink.by_topic("feedstep.model-updates")[-1].value)["action"] == "rollback"
