@@ -77,21 +77,41 @@ class Progress:
 
 
 def _build_learner(config: Any, model_name: str | None = None) -> Any:
-    from learner.models import ModelSpec, build_reward_model, select_device
-    from learner.objectives import RewardObjective
+    from learner.models import ModelSpec, build_causal_lm, build_reward_model, select_device
+    from learner.objectives import CAUSAL_LM, OBJECTIVES
     from learner.step import Learner, StepConfig
 
     device = select_device(config.device)
-    model, tokenizer = build_reward_model(ModelSpec(model_name or config.model, seed=config.seed))
+    spec = ModelSpec(model_name or config.model, seed=config.seed)
+    options: dict[str, Any] = {"max_length": config.max_length}
+    if config.objective in CAUSAL_LM:
+        model, tokenizer = build_causal_lm(spec)
+        if config.objective in ("kto", "dpo"):
+            options["beta"] = config.beta
+        if config.objective == "kto":
+            options["desirable_weight"] = config.kto_desirable_weight
+            options["undesirable_weight"] = config.kto_undesirable_weight
+    else:
+        model, tokenizer = build_reward_model(spec)
     learner = Learner(
         model,
-        RewardObjective(tokenizer, max_length=config.max_length),
+        OBJECTIVES[config.objective](tokenizer, **options),  # type: ignore[call-arg]
         StepConfig(
             lr=config.lr,
             weight_decay=config.weight_decay,
             l2sp_weight=config.l2sp_weight,
+            ewc_weight=config.ewc_weight,
+            ewc_decay=config.ewc_decay,
             max_grad_norm=config.max_grad_norm,
+            max_update_norm=config.max_update_norm,
+            warmup_steps=config.warmup_steps,
+            cosine_decay_steps=config.cosine_decay_steps,
+            min_lr=config.min_lr,
             trainable=config.trainable,
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_target_modules=tuple(config.lora_target_modules or ()),
+            compile=config.compile,
         ),
         device=device,
     )
@@ -124,10 +144,11 @@ def _starting_model(config: Any) -> tuple[str, int | None]:
     if live is None:
         log.info("model store %s has no LIVE version; starting from --model %s", root, config.model)
         return config.model, None
-    if live.model_type != "reward_model":
+    want = "reward_model" if config.objective == "reward" else "pretrained"
+    if live.model_type != want:
         raise FeedstepError(
             f"LIVE version {live.version} of {str(root)!r} is a {live.model_type!r} model, but the "
-            f"{config.objective!r} objective trains a reward model; point --store elsewhere"
+            f"{config.objective!r} objective trains a {want!r} model; point --store elsewhere"
         )
     report = store.verify(live.version)
     if not report.ok:

@@ -58,7 +58,11 @@ class FeedstepConfig(BaseSettings):
     max_wait_ms: int = Field(1000, ge=0)
     # Model and step
     model: str = "minilm"
-    objective: Literal["reward"] = "reward"
+    objective: Literal["reward", "kto", "dpo", "sft"] = "reward"
+    beta: float = Field(0.1, gt=0)
+    """kto/dpo: strength of the pull toward the reference (the frozen baseline)."""
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    kto_undesirable_weight: float = Field(1.0, gt=0)
     device: str = "auto"
     seed: int = 0
     max_length: int = Field(256, ge=8)
@@ -66,7 +70,18 @@ class FeedstepConfig(BaseSettings):
     weight_decay: float = Field(0.01, ge=0)
     l2sp_weight: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    trainable: Literal["full", "head", "bias"] = "full"
+    trainable: Literal["full", "head", "bias", "lora"] = "full"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_target_modules: list[str] | None = None
+    ewc_weight: float = Field(0.0, ge=0)
+    ewc_decay: float = Field(0.99, gt=0, lt=1)
+    max_update_norm: float = Field(0.0, ge=0)
+    """Trust region: cap on the norm of one step's weight change (0 = off)."""
+    warmup_steps: int = Field(0, ge=0)
+    cosine_decay_steps: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    compile: bool = False
     # Model store
     store: str = "./feedstep-store"
     """Directory of the versioned model store; ``run`` starts from its LIVE version."""
@@ -114,6 +129,11 @@ class FeedstepConfig(BaseSettings):
             raise ValueError(
                 f"sasl_mechanism={self.sasl_mechanism!r} needs security_protocol SASL_PLAINTEXT "
                 f"or SASL_SSL, but security_protocol={self.security_protocol!r}"
+            )
+        if self.objective == "kto" and self.batch_size < 4:
+            raise ValueError(
+                f"objective 'kto' estimates its reference point from mismatched pairs within a "
+                f"batch and needs batch_size >= 4, but batch_size={self.batch_size}"
             )
         if self.max_poll_interval_ms <= self.session_timeout_ms // 3:
             raise ValueError(

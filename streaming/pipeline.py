@@ -143,6 +143,7 @@ class Pipeline:
         self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException]] = queue.Queue()
         self._in_flight = 0
         self._dlq_dirty = False
+        self._held = False  # a final batch too small to train: its offsets stay uncommitted
         self._stop = threading.Event()
         self._trainer = threading.Thread(
             target=self._train_loop, name="feedstep-train", daemon=True
@@ -179,7 +180,7 @@ class Pipeline:
                     self._ingest(record)
                 due = self.batcher.due()
                 if due:
-                    self._dispatch(due)
+                    self._dispatch_or_hold(due)
                 self._commit_idle()
                 if now - last_log >= s.log_every_s:
                     last_log = now
@@ -223,6 +224,7 @@ class Pipeline:
             return
         try:
             example = to_example(event)
+            self.learner.objective.check(example)
         except ValueError as exc:  # a valid event the objective cannot use
             self._reject(record, _unusable(str(exc)))
             return
@@ -249,6 +251,30 @@ class Pipeline:
         log.debug(
             "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
         )
+
+    def _dispatch_or_hold(
+        self, items: list[tuple[Example, float, Any]], final: bool = False
+    ) -> None:
+        """Dispatch a time-triggered batch, unless it is smaller than the objective allows.
+
+        A too-small batch waits for more events; at the end of a run it is left untrained and
+        its offsets uncommitted, so a restart reads those events again.
+        """
+        need = self.learner.objective.min_batch_size
+        if len(items) >= need:
+            self._dispatch(items)
+        elif final:
+            log.warning(
+                "%d events left untrained at the end (%s needs batches of >= %d); their "
+                "offsets are not committed and will be read again",
+                len(items),
+                self.learner.objective.name,
+                need,
+            )
+            self._held = True
+        else:
+            for item in items:
+                self.batcher.add(item)
 
     def _dispatch(self, items: list[tuple[Example, float, Any]]) -> None:
         batch = _Batch(
@@ -290,7 +316,7 @@ class Pipeline:
             self._commit(batch.offsets)
 
     def _commit_idle(self) -> None:
-        if self._in_flight == 0 and self.batcher.pending == 0 and self._seen:
+        if self._in_flight == 0 and self.batcher.pending == 0 and self._seen and not self._held:
             self._commit(self._seen)
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -312,7 +338,7 @@ class Pipeline:
         try:
             rest = self.batcher.flush()
             if rest and self._trainer.is_alive():
-                self._dispatch(rest)
+                self._dispatch_or_hold(rest, final=True)
             self._collect(block=True)
             self._commit_idle()
         finally:
@@ -380,8 +406,7 @@ class Pipeline:
         m.grad_norm.set(result.grad_norm)
         m.learning_rate.set(self.learner.optimizer.param_groups[0]["lr"])
         m.param_distance.set(self.learner.param_distance())
-        if self.learner.device.type == "cuda":
-            m.device_memory.set(torch.cuda.memory_allocated(self.learner.device))
+        m.device_memory.set(self.learner.device_memory_bytes())
         for (topic, partition), lag in self.source.lag().items():
             m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         if self.governor is not None:

@@ -147,3 +147,37 @@ def test_time_trigger_closes_a_partial_batch_on_a_live_stream(tiny_parts, object
         source, MemorySink(), _learner(tiny_parts, objective), Metrics(), settings
     ).run()
     assert summary.steps == 1 and summary.trained_examples == 3
+
+
+def test_causal_objectives_run_through_the_loop_and_dead_letter_unusable_events():
+    from learner.models import ModelSpec, build_causal_lm
+    from learner.objectives import KTOObjective
+
+    model, tokenizer = build_causal_lm(ModelSpec("tiny-causal", seed=0))
+    learner = Learner(model, KTOObjective(tokenizer, max_length=48), StepConfig(lr=1e-3))
+    # thumbs train kto; preference pairs cannot and must be dead-lettered with the reason
+    values = list(SimulatedFeedback(seed=6, mix=(0.8, 0.0, 0.2, 0.0)).payloads(40))
+    source, sink = MemorySource(values), MemorySink()
+    summary = Pipeline(source, sink, learner, Metrics(), PipelineSettings(batch_size=8)).run()
+    dead = sink.by_topic("feedback.dlq")
+    assert summary.rejected == len(dead) > 0
+    assert all(m.header("feedstep.reason") == b"bad_value" for m in dead)
+    assert b"kto" in dead[0].header("feedstep.detail")
+    assert summary.accepted + summary.rejected == 40
+    assert summary.accepted - 3 <= summary.trained_examples <= summary.accepted
+    assert summary.steps >= 1
+
+
+def test_a_final_batch_too_small_for_kto_is_not_committed():
+    from learner.models import ModelSpec, build_causal_lm
+    from learner.objectives import KTOObjective
+
+    model, tokenizer = build_causal_lm(ModelSpec("tiny-causal", seed=0))
+    learner = Learner(model, KTOObjective(tokenizer, max_length=48), StepConfig(lr=1e-3))
+    values = list(SimulatedFeedback(seed=6, mix=(1.0, 0.0, 0.0, 0.0)).payloads(10))
+    source = MemorySource(values)
+    summary = Pipeline(
+        source, MemorySink(), learner, Metrics(), PipelineSettings(batch_size=8)
+    ).run()
+    assert summary.trained_examples == 8
+    assert source.committed() == {("feedback", 0): 8}  # the last 2 will be read again
