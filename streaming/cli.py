@@ -238,6 +238,7 @@ def _pipeline_settings(config: Any) -> Any:
         stop_after_events=config.stop_after_events,
         stop_when_idle_s=config.stop_when_idle_s,
         log_every_s=config.log_every_s,
+        checkpoint_every_steps=max(1, config.checkpoint_every_steps),
     )
 
 
@@ -386,9 +387,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.dlq_topic,
         )
         governor = _build_governor(config, learner, sink, metrics)
+        checkpoints = None
+        if config.checkpoint_every_steps > 0:
+            from learner.checkpoint import CheckpointManager
+
+            directory = config.checkpoint_dir or str(Path(config.store) / "checkpoints")
+            checkpoints = CheckpointManager(directory, keep=config.checkpoint_keep)
         pipeline = Pipeline(
-            source, sink, learner, metrics, _pipeline_settings(config), health, governor=governor
+            source,
+            sink,
+            learner,
+            metrics,
+            _pipeline_settings(config),
+            health,
+            governor=governor,
+            checkpoints=checkpoints,
         )
+        pipeline.restore()
         _install_signals(pipeline)
         try:
             summary = pipeline.run()

@@ -82,6 +82,11 @@ class FeedstepConfig(BaseSettings):
     cosine_decay_steps: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0)
     compile: bool = False
+    # Checkpoints (offsets are committed to Kafka only after the checkpoint that covers them)
+    checkpoint_dir: str | None = None
+    """Empty: ``<store>/checkpoints``. Set ``checkpoint_every_steps = 0`` to turn them off."""
+    checkpoint_every_steps: int = Field(100, ge=0)
+    checkpoint_keep: int = Field(3, ge=1)
     # Model store
     store: str = "./feedstep-store"
     """Directory of the versioned model store; ``run`` starts from its LIVE version."""

@@ -327,6 +327,17 @@ class Governor:
             "live_version": self.live_version,
         }
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (from this process's own checksummed checkpoint)."""
+        self.gate.load_state_dict(state["gate"])
+        self.watch.load_state_dict(state["watch"])
+        self.candidate_errors.load_state_dict(state["candidate_errors"])
+        self.live_errors.load_state_dict(state["live_errors"])
+        if self.inputs is not None and state.get("inputs") is not None:
+            self.inputs.load_state_dict(state["inputs"])
+        self.events = int(state["events"])
+        self.steps = int(state["steps"])
+
 
 def _errors(correct: Sequence[float]) -> list[float]:
     return [1.0 - c if not math.isnan(c) else math.nan for c in correct]

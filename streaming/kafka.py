@@ -54,6 +54,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in assigned]
         log.info("partitions assigned: %s", tps)
+        self._source._apply_pending_seeks(assigned)
         if self._source.on_assign is not None and tps:
             self._source.on_assign(tps)
 
@@ -91,6 +92,7 @@ class KafkaSource(Source):
             ) from exc
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         self._committed: dict[TP, int] = {}
+        self._pending_seeks: dict[TP, int] = {}
         self._end_cache: dict[TP, int] = {}
         self._end_checked = 0.0
 
@@ -131,9 +133,30 @@ class KafkaSource(Source):
         }
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
-        """Continue each partition from the given next offset."""
+        """Continue each partition from the given next offset.
+
+        Partitions not assigned yet (before the first rebalance) are sought as soon as the
+        group assigns them; the checkpoint's offsets win over the group's committed ones.
+        """
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         for (topic, partition), off in offsets.items():
-            self._consumer.seek(TopicPartition(topic, partition), off)
+            if (topic, partition) in assigned:
+                self._consumer.seek(TopicPartition(topic, partition), off)
+            else:
+                self._pending_seeks[(topic, partition)] = off
+
+    def _apply_pending_seeks(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            off = self._pending_seeks.pop((tp.topic, tp.partition), None)
+            if off is not None:
+                log.info("%s[%d]: seeking to %d from the checkpoint", tp.topic, tp.partition, off)
+                self._consumer.seek(tp, off)
+            else:
+                log.info(
+                    "%s[%d]: no checkpoint covers it; starting from the group's committed offset",
+                    tp.topic,
+                    tp.partition,
+                )
 
     def committed(self) -> dict[TP, int]:
         """Offsets this member committed in this process."""

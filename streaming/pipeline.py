@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from learner.base import Example, TensorBatch
+from learner.checkpoint import CheckpointManager
 from learner.step import Learner, StepResult
 from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
@@ -61,6 +62,7 @@ class PipelineSettings:
     poll_timeout_s: float = 0.5
     queue_batches: int = 2
     log_every_s: float = 10.0
+    checkpoint_every_steps: int = 100
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class Pipeline:
         health: HealthState | None = None,
         on_progress: Callable[[RunSummary], None] | None = None,
         governor: Governor | None = None,
+        checkpoints: CheckpointManager | None = None,
     ) -> None:
         self.source = source
         self.dead_letters = dead_letters
@@ -128,6 +131,9 @@ class Pipeline:
         self.health = health or HealthState()
         self.on_progress = on_progress
         self.governor = governor
+        self.checkpoints = checkpoints
+        self._uncheckpointed: dict[TopicPartition, int] | None = None
+        self._steps_since_checkpoint = 0
         # Held by the training thread during a step and by the governor while it reads or
         # switches weights (holdout scoring, promotion, rollback).
         self.learner_lock = governor.lock if governor is not None else threading.Lock()
@@ -313,11 +319,72 @@ class Pipeline:
                     "batch were not committed, so its events will be read again on restart"
                 ) from result
             self._after_step(batch, result)
-            self._commit(batch.offsets)
+            if self.checkpoints is None:
+                self._commit(batch.offsets)
+            else:
+                self._uncheckpointed = batch.offsets
+                self._steps_since_checkpoint += 1
+                if self._steps_since_checkpoint >= self.settings.checkpoint_every_steps:
+                    self._checkpoint()
 
-    def _commit_idle(self) -> None:
-        if self._in_flight == 0 and self.batcher.pending == 0 and self._seen and not self._held:
+    def _commit_idle(self, final: bool = False) -> None:
+        if self._in_flight or self.batcher.pending or not self._seen or self._held:
+            return
+        if self.checkpoints is None:
             self._commit(self._seen)
+        elif final:  # everything read is applied: one checkpoint covers it all
+            self._uncheckpointed = dict(self._seen)
+            self._checkpoint()
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def restore(self) -> int | None:
+        """Resume from the newest intact checkpoint: weights, monitors, dedup window, offsets.
+
+        Returns the restored step, or None when there is no checkpoint.
+        """
+        if self.checkpoints is None:
+            return None
+        loaded = self.checkpoints.load_latest(self.learner)  # type: ignore[arg-type]
+        if loaded is None:
+            log.info("no checkpoint in %s; starting fresh", self.checkpoints.directory)
+            return None
+        extra = loaded.extra
+        offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
+        self.source.seek(offsets)
+        self._seen.update(offsets)
+        self.dedup = Deduplicator.restore(extra.get("dedup", []), self.settings.dedup_window)
+        if self.governor is not None and extra.get("governor") is not None:
+            self.governor.load_state_dict(extra["governor"])
+        log.info(
+            "restored checkpoint %s (step %d); reading on from %s",
+            loaded.path.name,
+            loaded.step,
+            offsets,
+        )
+        return loaded.step
+
+    def _checkpoint(self) -> None:
+        """Write a checkpoint covering every applied batch, then commit its offsets.
+
+        Taken under the learner lock with no finished-but-unprocessed step, so the weights in
+        it are exactly those that the saved offsets account for.
+        """
+        assert self.checkpoints is not None
+        if self._uncheckpointed is None:
+            return
+        with self.learner_lock:
+            if not self._outbox.empty():
+                return  # a step finished meanwhile; the next collect checkpoints after it
+            offsets = self._uncheckpointed
+            extra = {
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                "dedup": self.dedup.snapshot(),
+                "governor": self.governor.state_dict() if self.governor is not None else None,
+            }
+            self.checkpoints.save(self.learner, extra)  # type: ignore[arg-type]
+        self._commit(offsets)
+        self._uncheckpointed = None
+        self._steps_since_checkpoint = 0
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self._dlq_dirty:
@@ -340,7 +407,9 @@ class Pipeline:
             if rest and self._trainer.is_alive():
                 self._dispatch_or_hold(rest, final=True)
             self._collect(block=True)
-            self._commit_idle()
+            if self.checkpoints is not None and self._uncheckpointed is not None:
+                self._checkpoint()
+            self._commit_idle(final=True)
         finally:
             self._stop_trainer()
 
@@ -362,9 +431,12 @@ class Pipeline:
                 assert batch.tensors is not None
                 with self.learner_lock:
                     result: StepResult | BaseException = self.learner.step(batch.tensors)
+                    # Handed over under the lock: a checkpoint never sees weights whose step
+                    # the ingest stage has not accounted for.
+                    self._outbox.put((batch, result))
             except BaseException as exc:  # handed to the ingest stage, which raises it
                 result = exc
-            self._outbox.put((batch, result))
+                self._outbox.put((batch, result))
             if isinstance(result, BaseException):
                 return
 

@@ -83,7 +83,9 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def test_run_consumes_everything_dead_letters_rejects_and_commits(kafka_bootstrap, topic_name):
+def test_run_consumes_everything_dead_letters_rejects_and_commits(
+    kafka_bootstrap, topic_name, tmp_path
+):
     partitions = 3
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(topic_name, num_partitions=partitions, replication_factor=1)])
@@ -131,6 +133,8 @@ def test_run_consumes_everything_dead_letters_rejects_and_commits(kafka_bootstra
             "0",
             "--seed",
             "3",
+            "--store",
+            str(tmp_path / "store"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
