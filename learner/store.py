@@ -204,7 +204,8 @@ class ModelStore:
                     "existing store (the default is ./feedstep-store)"
                 )
             self.root.mkdir(parents=True, exist_ok=True)
-        self._versions_dir.mkdir(exist_ok=True)
+        if create:
+            self._versions_dir.mkdir(exist_ok=True)
 
     # -- paths ------------------------------------------------------------------------------------
     @property
@@ -428,6 +429,8 @@ class ModelStore:
 
     # -- internals --------------------------------------------------------------------------------
     def _numbers(self) -> list[int]:
+        if not self._versions_dir.is_dir():
+            return []
         found = []
         for entry in self._versions_dir.iterdir():
             if entry.name.isdigit() and (entry / MANIFEST).is_file():
@@ -436,6 +439,7 @@ class ModelStore:
 
     def _next_number(self) -> int:
         """One past every number ever used: folders (even incomplete ones) and the history."""
+        self._versions_dir.mkdir(exist_ok=True)
         used = [int(e.name) for e in self._versions_dir.iterdir() if e.name.isdigit()]
         for s in self.history():
             used.append(s.to_version)
