@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from learner.durable import fsync_dir, write_durably
 from learner.step import Learner
 
 log = logging.getLogger(__name__)
@@ -139,13 +140,13 @@ class CheckpointManager:
         old: Path | None = None
         try:
             for name, data in files.items():
-                _write(tmp / name, data)
-            _fsync_dir(tmp)
+                write_durably(tmp / name, data)
+            fsync_dir(tmp)
             if final.exists():  # same step saved again (e.g. only skipped steps since)
                 old = self.directory / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.rename(final, old)
             os.rename(tmp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if old is not None and not final.exists():
@@ -267,21 +268,6 @@ def _serialize(learner: Learner) -> dict[str, bytes]:
         "rng.safetensors": _tensors(rng),
         "state.json": _json(state),
     }
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- verification and restore ------------------------------------------------------------------

@@ -57,6 +57,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from learner.durable import fsync_dir, write_durably
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "./feedstep-store"
@@ -376,10 +378,10 @@ class ModelStore:
                     "files": [dataclasses.asdict(f) for f in files],
                 }
                 _write_durably(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-                _fsync_dir(staging)
+                fsync_dir(staging)
                 os.rename(staging, self.path(number))
-                _fsync_dir(self._versions_dir)
-                _fsync_dir(staging.parent)
+                fsync_dir(self._versions_dir)
+                fsync_dir(staging.parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -506,13 +508,13 @@ class ModelStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _write_live(self, version: int) -> None:
         tmp = self.root / f".LIVE.{os.getpid()}.tmp"
         _write_durably(tmp, f"{version}\n")
         os.replace(tmp, self._live_path)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -584,7 +586,7 @@ def _seal(folder: Path) -> list[FileEntry]:
             raise StoreError(f"refusing to store {name!r}: pickle-based files are not allowed")
         entries.append(FileEntry(name, path.stat().st_size, _sha256(path, sync=True)))
     for directory in sorted({p for p in folder.rglob("*") if p.is_dir()} | {folder}):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     return entries
 
 
@@ -653,15 +655,4 @@ def _now() -> str:
 
 
 def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_durably(path, text.encode("utf-8"))
