@@ -21,6 +21,11 @@ variant (minus what was allocated before it was built); on the CPU the growth of
 resident set (``VmHWM``) of a fresh child process from before the model is loaded to after a
 few steps -- weights, baseline copy, gradients, optimizer state and activations.
 
+Threads: on a machine shared with other work, pass ``--threads`` no larger than the idle cores
+(``--threads 1`` on a busy 2-core box). With more intra-op threads than free cores, each small
+kernel's OpenMP barrier waits for a scheduler time slice; MiniLM has 103 weight tensors, so the
+per-parameter passes (L2-SP, clipping, AdamW) slow down 10-30x and the ratio turns into noise.
+
 There is no causal-LM objective in the learner yet, so the causal LM uses a plain next-token loss
 (mean over real tokens, per example) on both sides.
 
