@@ -21,6 +21,11 @@ variant (minus what was allocated before it was built); on the CPU the growth of
 resident set (``VmHWM``) of a fresh child process from before the model is loaded to after a
 few steps -- weights, baseline copy, gradients, optimizer state and activations.
 
+Threads: on a machine shared with other work, pass ``--threads`` no larger than the idle cores
+(``--threads 1`` on a busy 2-core box). With more intra-op threads than free cores, each small
+kernel's OpenMP barrier waits for a scheduler time slice; MiniLM has 103 weight tensors, so the
+per-parameter passes (L2-SP, clipping, AdamW) slow down 10-30x and the ratio turns into noise.
+
 There is no causal-LM objective in the learner yet, so the causal LM uses a plain next-token loss
 (mean over real tokens, per example) on both sides.
 
@@ -222,7 +227,7 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
 
 
 def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, reps: int) -> dict:
-    """Median seconds of each piece of the full step, timed on their own."""
+    """Median seconds of each piece of the full step (and of the metrics' parameter distance)."""
     learner: Learner = parts["learner"]
     b = batch.to(device)
 
@@ -247,6 +252,9 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
     def metrics() -> None:
         parts["pipeline"]._after_step(parts["record"], parts["last"]["result"])
 
+    def distance() -> None:  # part of the metrics update: ||candidate - baseline|| every step
+        learner.param_distance()
+
     pieces: dict[str, Callable[[], Any]] = {
         "baseline fwd": base_fwd,
         "cand fwd+bwd": cand_fwd_bwd,
@@ -254,16 +262,17 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
         "clip": clip,
         "adamw": adamw,
         "metrics": metrics,
+        "(in metrics: param distance)": distance,
     }
-    out = {}
-    for name, fn in pieces.items():
-        if name != "cand fwd+bwd":  # the others run with gradients present, as in the step
-            for p in learner.params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        times = [_timed(fn, device) for _ in range(reps)]
+    # One rep is the step taken apart, in the step's order: backward creates the gradients that
+    # L2-SP, clipping and AdamW then use, and they are dropped at the end as the step does.
+    times: dict[str, list[float]] = {name: [] for name in pieces}
+    for _ in range(reps):
         learner.optimizer.zero_grad(set_to_none=True)
-        out[name] = statistics.median(times)
+        for name, fn in pieces.items():
+            times[name].append(_timed(fn, device))
+    learner.optimizer.zero_grad(set_to_none=True)
+    out = {name: statistics.median(t) for name, t in times.items()}
     return out
 
 
@@ -398,7 +407,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: to
         if args.memory:
             line += f" {r['mem']['bare']:16.1f} {r['mem']['full']:6.1f}"
         print(line)
-    print("breakdown of the full step, each piece timed alone (median ms, % of bare step):")
+    print("breakdown: the full step taken apart, each piece timed (median ms, % of the bare step):")
     for r in rows:
         bare = r["median_s"]["bare"]
         pieces = "  ".join(
