@@ -351,6 +351,7 @@ def _restore(learner: Learner, parsed: dict[str, Any], path: Path) -> None:
             for name, anchor in zip(learner.param_names, learner.anchors, strict=True):
                 anchor.copy_(regular[f"anchor/{name}"])
     learner.steps = int(state["step"])
+    learner._distance = None  # weights changed under the same step count
     learner.skipped = int(state["skipped"])
     learner.schedule.load(state["schedule"])
     _restore_rng(parsed["rng"], state["rng"])

@@ -74,7 +74,10 @@ class L2SP:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         grads = [p.grad for p in self.params]
-        torch._foreach_add_(grads, self.distances(), alpha=self.weight)  # type: ignore[arg-type]
+        # grad += λθ - λθ₀, in place: no θ - θ₀ temporaries on the hot path
+        params = [p.detach() for p in self.params]
+        torch._foreach_add_(grads, params, alpha=self.weight)  # type: ignore[arg-type]
+        torch._foreach_add_(grads, self.anchors, alpha=-self.weight)  # type: ignore[arg-type]
 
 
 class OnlineEWC:

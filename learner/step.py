@@ -232,6 +232,7 @@ class Learner:
         self._compiled = _compile(self._models) if cfg.compile else {}
         self.steps = 0
         self.skipped = 0
+        self._distance: tuple[int, float] | None = None
         self._autocast = self.device.type == "cuda"
 
     # -- facts ----------------------------------------------------------------------------------
@@ -257,8 +258,11 @@ class Learner:
         return int(torch.cuda.memory_allocated(self.device))
 
     def param_distance(self) -> float:
-        """L2 distance ``‖θ - θ_anchor‖`` over the trainable weights."""
-        return math.sqrt(float(self.l2sp.sq_distance()))
+        """L2 distance ``‖θ - θ_anchor‖`` over the trainable weights (computed once per step)."""
+        cached = self._distance
+        if cached is None or cached[0] != self.steps:
+            cached = self._distance = (self.steps, math.sqrt(float(self.l2sp.sq_distance())))
+        return cached[1]
 
     def boost(self, factor: float, steps: int) -> None:
         """Multiply the scheduled rate by ``factor`` for the next ``steps`` applied steps.
@@ -281,6 +285,7 @@ class Learner:
                 "re-initialised, which feedstep does not do yet; use full, head or bias"
             )
         self.baseline.load_state_dict(self.candidate.state_dict())
+        self._distance = None
 
     @torch.no_grad()
     def reset_to(self, state: dict[str, torch.Tensor]) -> None:
@@ -290,6 +295,7 @@ class Learner:
         self.candidate.load_state_dict(state)
         self.baseline.load_state_dict(state)
         self.optimizer.state.clear()
+        self._distance = None
 
     # -- scoring --------------------------------------------------------------------------------
     def _values(self, role: str, batch: TensorBatch) -> torch.Tensor:
