@@ -202,7 +202,7 @@ def make_variant(
         learner.baseline = _CachedForward(learner.baseline)  # type: ignore[assignment]
     # The metrics update is the pipeline's own code (a private method: this is a benchmark).
     pipeline = Pipeline(MemorySource([]), MemorySink(), learner, Metrics())
-    record = _Batch(examples=[], ts=[time.time()] * batch.size, offsets={})
+    record = _Batch(examples=[], ts=[time.time()] * batch.size, offsets={}, features=[])
     last: dict[str, Any] = {}
 
     def full_step() -> None:
@@ -233,15 +233,15 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
 
     def base_fwd() -> None:
         with torch.no_grad():
-            learner._forward(learner.baseline, b)
+            learner.objective.forward(learner.baseline, b)
 
     def cand_fwd_bwd() -> None:
-        out = learner._forward(learner.candidate, b)
+        out = learner.objective.forward(learner.candidate, b)
         out.loss.mean().backward()
 
     def l2sp() -> None:
-        learner.regularizer.penalty()
-        learner.regularizer.add_grad()
+        learner.l2sp.penalty()
+        learner.l2sp.add_grad()
 
     def clip() -> None:
         torch.nn.utils.clip_grad_norm_(learner.params, 1.0, foreach=True)
@@ -253,6 +253,7 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
         parts["pipeline"]._after_step(parts["record"], parts["last"]["result"])
 
     def distance() -> None:  # part of the metrics update: ||candidate - baseline|| every step
+        learner._distance = None  # measure the computation, not the per-step cache
         learner.param_distance()
 
     pieces: dict[str, Callable[[], Any]] = {
