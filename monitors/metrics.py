@@ -139,6 +139,30 @@ class Metrics:
         self.ready = Gauge(
             "feedstep_ready", "1 when the sidecar is connected and stepping.", registry=r
         )
+        self.broker_connected = Gauge(
+            "feedstep_broker_connected",
+            "1 while the consumer has a live connection to the Kafka cluster.",
+            registry=r,
+        )
+        self.consumer_paused = Gauge(
+            "feedstep_consumer_paused",
+            "1 while consumption is paused because training is behind (backpressure).",
+            registry=r,
+        )
+        self.commit_failures = Counter(
+            "feedstep_commit_failures",
+            "Offset commits (or dead-letter flushes before them) that failed and will be retried.",
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "feedstep_rebalances",
+            "Consumer-group rebalance callbacks, by event (revoked, assigned).",
+            ["event"],
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "feedstep_checkpoints", "Checkpoints written (each one then commits).", registry=r
+        )
         self.device_memory = Gauge(
             "feedstep_device_memory_bytes",
             "Memory allocated on the training device (0 on the CPU).",

@@ -9,7 +9,7 @@ handed back to :meth:`Source.seek` or :meth:`Source.commit` unchanged.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 TopicPartition = tuple[str, int]
@@ -79,6 +79,30 @@ class Source(abc.ABC):
     def at_end(self) -> bool:
         """True when a finite source has nothing more to give."""
         return False
+
+    def pause(self) -> None:  # noqa: B027 - optional hook
+        """Stop returning records from :meth:`poll` (backpressure) while staying a member.
+
+        :meth:`poll` must still be called while paused: for a Kafka consumer it keeps the
+        group membership alive and runs rebalance callbacks.
+        """
+
+    def resume(self) -> None:  # noqa: B027 - optional hook
+        """Undo :meth:`pause`."""
+
+    def connected(self) -> bool:
+        """False while the source knows it cannot reach its backend (a broker outage)."""
+        return True
+
+    def set_rebalance_hooks(  # noqa: B027 - optional hook
+        self,
+        on_revoke: Callable[[list[TopicPartition]], None] | None,
+        on_assign: Callable[[list[TopicPartition]], None] | None,
+    ) -> None:
+        """Register callbacks run inside :meth:`poll` when partitions are revoked or assigned.
+
+        Sources without a consumer group never call them.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (leave the consumer group, close files)."""

@@ -239,6 +239,8 @@ def _pipeline_settings(config: Any) -> Any:
         stop_when_idle_s=config.stop_when_idle_s,
         log_every_s=config.log_every_s,
         checkpoint_every_steps=max(1, config.checkpoint_every_steps),
+        checkpoint_every_s=config.checkpoint_every_s,
+        shutdown_timeout_s=config.shutdown_timeout_s,
     )
 
 
@@ -413,6 +415,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_summary_line(summary))
     finally:
         server.stop()
+    if summary.commit_pending:
+        print(
+            "feedstep: error: offsets could not be committed before exit (broker unreachable); "
+            "the last checkpoint covers them, restart with the same --store",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -49,6 +49,8 @@ class FeedstepConfig(BaseSettings):
     max_poll_records: int = Field(500, ge=1)
     session_timeout_ms: int = Field(45_000, ge=1000)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
+    reconnect_backoff_max_ms: int = Field(10_000, ge=100)
+    """Cap of the client's exponential reconnect backoff while the broker is unreachable."""
     # Events
     max_text_chars: int = Field(8192, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=64)
@@ -87,6 +89,10 @@ class FeedstepConfig(BaseSettings):
     """Empty: ``<store>/checkpoints``. Set ``checkpoint_every_steps = 0`` to turn them off."""
     checkpoint_every_steps: int = Field(100, ge=0)
     checkpoint_keep: int = Field(3, ge=1)
+    checkpoint_every_s: float = Field(60.0, gt=0)
+    """Also checkpoint (and so commit) once applied work is this old without a checkpoint."""
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    """SIGTERM/SIGINT: batches not started by then are given up (read again after a restart)."""
     # Model store
     store: str = "./feedstep-store"
     """Directory of the versioned model store; ``run`` starts from its LIVE version."""

@@ -73,6 +73,15 @@ class Deduplicator:
     def __repr__(self) -> str:
         return f"Deduplicator(window={self._window}, remembered={len(self._seen)})"
 
+    def forget(self, event_ids: Iterable[str]) -> None:
+        """Forget ``event_ids``, e.g. those of a batch given up before it was applied.
+
+        Their events will be read again and must not count as duplicates then.
+        """
+        seen = self._seen
+        for event_id in event_ids:
+            seen.pop(event_id, None)
+
     def snapshot(self) -> list[str]:
         """The remembered ids, oldest first, for a checkpoint; see :meth:`restore`."""
         return list(self._seen)

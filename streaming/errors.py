@@ -25,3 +25,13 @@ class BrokerUnavailable(SourceError):
 
 class PipelineError(FeedstepError):
     """The training stage failed; the offsets of the failed batch were not committed."""
+
+
+class CommitRejected(SourceError):
+    """The group no longer lets this member commit (it was rebalanced away); not retried."""
+
+
+class SinkUnavailable(FeedstepError):
+    """A sink could not deliver every message in time; the undelivered ones stay queued."""
+
+    retriable = True

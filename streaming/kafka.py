@@ -8,18 +8,20 @@ producer (acks=all) for the dead-letter and model-updates topics.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.base import Record, Sink, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
-from streaming.errors import BrokerUnavailable
+from streaming.errors import BrokerUnavailable, CommitRejected, SinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ def client_options(config: FeedstepConfig) -> dict[str, Any]:
         "bootstrap_servers": config.bootstrap_servers.split(","),
         "client_id": config.client_id,
         "security_protocol": config.security_protocol,
+        "reconnect_backoff_ms": 100,
+        "reconnect_backoff_max_ms": config.reconnect_backoff_max_ms,
     }
     if config.sasl_mechanism:
         opts["sasl_mechanism"] = config.sasl_mechanism
@@ -41,22 +45,32 @@ def client_options(config: FeedstepConfig) -> dict[str, Any]:
     return opts
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs the source's rebalance work in a worker thread while the client's IO loop waits.
+
+    kafka-python (3.x) calls listeners on its IO thread, where blocking consumer calls
+    (commit, committed offsets) are not allowed and a long call would stop heartbeats. The
+    work — finishing the step in flight, checkpointing, committing — runs in a worker thread
+    instead; the listener awaits it with the loop's own sleep, so heartbeats go on.
+    """
+
     def __init__(self, source: KafkaSource) -> None:
         self._source = source
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in revoked]
         log.info("partitions revoked: %s", tps)
-        if self._source.on_revoke is not None and tps:
-            self._source.on_revoke(tps)
+        hook = self._source.on_revoke
+        if hook is not None and tps:
+            await self._source._in_worker(lambda: hook(tps))
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in assigned]
         log.info("partitions assigned: %s", tps)
-        self._source._apply_pending_seeks(assigned)
-        if self._source.on_assign is not None and tps:
-            self._source.on_assign(tps)
+        await self._source._in_worker(lambda: self._source._seek_assigned(list(assigned)))
+        hook = self._source.on_assign
+        if hook is not None and tps:
+            hook(tps)
 
 
 class KafkaSource(Source):
@@ -91,6 +105,7 @@ class KafkaSource(Source):
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
         self._consumer.subscribe([config.topic], listener=_Listener(self))
+        self._commit_timeout_ms = 10_000
         self._committed: dict[TP, int] = {}
         self._pending_seeks: dict[TP, int] = {}
         self._end_cache: dict[TP, int] = {}
@@ -115,15 +130,76 @@ class KafkaSource(Source):
                 )
         return out
 
+    def set_rebalance_hooks(
+        self,
+        on_revoke: Callable[[list[TP]], None] | None,
+        on_assign: Callable[[list[TP]], None] | None,
+    ) -> None:
+        """Run ``on_revoke`` before partitions are released and ``on_assign`` after seeking."""
+        self.on_revoke = on_revoke
+        self.on_assign = on_assign
+
+    async def _in_worker(self, work: Callable[[], None]) -> None:
+        """Run ``work`` in a thread; wait for it without blocking the client's IO loop."""
+        errors: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, on the IO thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=target, name="feedstep-rebalance", daemon=True)
+        thread.start()
+        sleep = getattr(getattr(self._consumer._coordinator, "_net", None), "sleep", None)
+        while thread.is_alive():
+            if sleep is None:  # pragma: no cover - older client: no loop to keep going
+                thread.join()
+                break
+            await sleep(0.02)
+        if errors:
+            log.error("rebalance work failed: %s", errors[0])
+            raise errors[0]
+
     def commit(self, offsets: Mapping[TP, int]) -> None:
-        """Commit next-offsets synchronously (raises on failure; nothing is assumed done)."""
+        """Commit next-offsets synchronously, waiting at most 10 s.
+
+        Raises:
+            BrokerUnavailable: the coordinator did not answer in time (retry later).
+            CommitRejected: the group was rebalanced and this member may not commit them.
+        """
         todo = {tp: off for tp, off in offsets.items() if self._committed.get(tp) != off}
         if not todo:
             return
-        self._consumer.commit(
-            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in todo.items()}
-        )
+        try:
+            self._consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in todo.items()},
+                timeout_ms=self._commit_timeout_ms,
+            )
+        except CommitFailedError as exc:
+            raise CommitRejected(f"the group rebalanced before the commit: {exc}") from exc
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"could not commit offsets ({type(exc).__name__}: {exc})"
+            ) from exc
         self._committed.update(todo)
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition; :meth:`poll` keeps the membership."""
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        """Fetch again from every paused partition."""
+        self._consumer.resume(*self._consumer.paused())
+
+    def connected(self) -> bool:
+        """True while a broker connection is up and the group coordinator is known."""
+        try:
+            client = self._consumer._client
+            up = any(client.connected(b.nodeId) for b in client.cluster.brokers())
+            return bool(up) and not self._consumer._coordinator.coordinator_unknown()
+        except Exception:  # noqa: BLE001 - private API changed: do not claim an outage
+            return True
 
     def position(self) -> dict[TP, int]:
         """Next offset to read per assigned partition."""
@@ -145,18 +221,50 @@ class KafkaSource(Source):
             else:
                 self._pending_seeks[(topic, partition)] = off
 
-    def _apply_pending_seeks(self, assigned: Sequence[TopicPartition]) -> None:
+    def _seek_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Start each newly assigned partition from the checkpoint, else the group's offset.
+
+        A checkpoint offset behind the group's committed offset means another member applied
+        the events in between (this one lost the partition after its checkpoint); reading them
+        again would apply them twice, so the committed offset wins then, and the log says so.
+        """
         for tp in assigned:
             off = self._pending_seeks.pop((tp.topic, tp.partition), None)
-            if off is not None:
-                log.info("%s[%d]: seeking to %d from the checkpoint", tp.topic, tp.partition, off)
-                self._consumer.seek(tp, off)
-            else:
+            committed = self._committed_offset(tp)
+            if off is None:
                 log.info(
-                    "%s[%d]: no checkpoint covers it; starting from the group's committed offset",
+                    "%s[%d]: no checkpoint covers it; starting from the group's committed offset "
+                    "%s",
                     tp.topic,
                     tp.partition,
+                    "(none: auto_offset_reset applies)" if committed is None else committed,
                 )
+            elif committed is not None and committed > off:
+                log.warning(
+                    "%s[%d]: the group's committed offset %d is past the checkpoint's %d "
+                    "(another member applied them); starting from %d",
+                    tp.topic,
+                    tp.partition,
+                    committed,
+                    off,
+                    committed,
+                )
+                self._consumer.seek(tp, committed)
+            else:
+                log.info("%s[%d]: seeking to %d from the checkpoint", tp.topic, tp.partition, off)
+                self._consumer.seek(tp, off)
+
+    def _committed_offset(self, tp: TopicPartition) -> int | None:
+        try:
+            meta = self._consumer.committed(tp, metadata=True)
+        except KafkaError as exc:
+            log.warning(
+                "%s[%d]: could not read the committed offset: %s", tp.topic, tp.partition, exc
+            )
+            return None
+        if meta is None:
+            return None
+        return int(meta.offset) if hasattr(meta, "offset") else int(meta)
 
     def committed(self) -> dict[TP, int]:
         """Offsets this member committed in this process."""
@@ -170,6 +278,8 @@ class KafkaSource(Source):
         """
         assignment = self._consumer.assignment()
         out: dict[TP, int] = {}
+        if not self.connected():
+            return out
         missing = []
         for tp in assignment:
             high = self._consumer.highwater(tp)
@@ -196,7 +306,11 @@ class KafkaSource(Source):
 
 
 class KafkaSink(Sink):
-    """A producer that waits for all in-sync replicas on flush.
+    """A producer that waits for all in-sync replicas on flush and never drops a message.
+
+    A message whose send or delivery fails (a broker outage longer than the producer's own
+    retries) stays queued and is sent again by the next :meth:`flush`, which raises
+    :class:`~streaming.errors.SinkUnavailable` until every message is acknowledged.
 
     Example:
         >>> sink = KafkaSink(config)  # doctest: +SKIP
@@ -207,14 +321,15 @@ class KafkaSink(Sink):
     def __init__(self, config: FeedstepConfig) -> None:
         try:
             self._producer = KafkaProducer(
-                acks="all", linger_ms=5, retries=5, **client_options(config)
+                acks="all", linger_ms=5, max_block_ms=10_000, **client_options(config)
             )
         except KafkaError as exc:
             raise BrokerUnavailable(
                 f"no Kafka broker answers at {config.bootstrap_servers}; start one "
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
-        self._futures: list[Any] = []
+        # (message, future or None when the send itself failed)
+        self._pending: list[tuple[tuple[str, bytes, bytes | None, list[Any]], Any]] = []
 
     def send(
         self,
@@ -224,20 +339,55 @@ class KafkaSink(Sink):
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         """Queue one message; its delivery is checked on :meth:`flush`."""
-        self._futures.append(
-            self._producer.send(topic, value=value, key=key, headers=list(headers))
-        )
+        message = (topic, value, key, list(headers))
+        self._pending.append((message, self._send(message)))
+
+    def _send(self, message: tuple[str, bytes, bytes | None, list[Any]]) -> Any:
+        topic, value, key, headers = message
+        try:
+            return self._producer.send(topic, value=value, key=key, headers=headers)
+        except KafkaError as exc:  # no metadata in max_block_ms: the broker is away
+            log.debug("send to %s failed (%s); kept for the next flush", topic, exc)
+            return None
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every queued message is acknowledged; raise if one failed."""
-        if not self._futures:
+        """Wait until every queued message is acknowledged; failed ones are sent again.
+
+        Raises:
+            SinkUnavailable: some messages are still not acknowledged; they stay queued.
+        """
+        if not self._pending:
             return
-        self._producer.flush(timeout=timeout_s)
-        futures, self._futures = self._futures, []
-        for fut in futures:
-            fut.get(timeout=timeout_s)  # raises the delivery error, if any
+        pending = [(msg, fut if fut is not None else self._send(msg)) for msg, fut in self._pending]
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            log.debug("producer flush: %s", exc)
+        failed = []
+        error: BaseException | None = None
+        for msg, fut in pending:
+            if fut is None or not fut.is_done:
+                failed.append((msg, None if fut is None or fut.is_done else fut))
+                continue
+            if fut.failed():
+                error = fut.exception
+                failed.append((msg, None))
+        self._pending = failed
+        if failed:
+            raise SinkUnavailable(
+                f"{len(failed)} messages not acknowledged within {timeout_s:.0f} s"
+                + (f" ({type(error).__name__}: {error})" if error is not None else "")
+                + "; they stay queued and are sent again on the next flush"
+            )
+
+    @property
+    def pending(self) -> int:
+        """Messages not acknowledged yet."""
+        return len(self._pending)
 
     def close(self) -> None:
         """Flush and close the producer."""
-        self.flush()
-        self._producer.close()
+        try:
+            self.flush()
+        finally:
+            self._producer.close()

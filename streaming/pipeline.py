@@ -1,18 +1,30 @@
 """The sidecar loop: source → decode → de-duplicate → micro-batch → tokenize → step → commit.
 
-Two stages joined by bounded queues:
+Three stages joined by bounded queues:
 
 * the **ingest** stage (the caller's thread) polls the source, decodes and validates each
-  record, sends rejects to the dead-letter topic, drops duplicates, forms micro-batches,
-  tokenizes them (off the training thread) and commits offsets;
-* the **train** stage (one thread) makes exactly one step per batch and hands back the
-  result.
+  record, sends rejects to the dead-letter topic, drops duplicates and forms micro-batches;
+* the **tokenize** stage (one thread) turns a micro-batch into tensors in pinned memory;
+* the **train** stage (one thread) makes exactly one step per batch and hands back the result.
 
-Offsets: every record consumed moves a per-partition "seen" watermark. A batch carries the
-watermark at the moment it closed; its offsets are committed only after its step is done (and
-the dead-letter producer is flushed). Records handled without a step (rejects, duplicates) are
-committed once no batch is pending or in flight, so the committed offset never passes an
-event that has not been trained on.
+When both queues are full the ingest stage pauses the source's partitions and keeps polling
+(so a Kafka member stays in its group however slow a step is) until there is room again: a slow
+step slows consumption instead of growing memory.
+
+Effectively-once. The records read since the previous batch closed form a **segment**
+(:mod:`streaming.offsets`); a segment is *applied* once its batch's step is done (a segment of
+rejects and duplicates only is applied when nothing is in flight). Applied segments move the
+per-partition ``applied`` offsets and extend the :class:`~streaming.offsets.Ledger`. A
+checkpoint holds the weights together with exactly those offsets, the ledger, the ids of the
+applied events for de-duplication and the monitors' state; Kafka offsets are committed only
+after the checkpoint that covers them is on disk. A restart seeks every partition to the
+checkpoint's offsets, so the model state is a function of exactly the events it trained on.
+
+Rebalances and shutdown settle the same way: close the open batch, finish every step in
+flight, checkpoint, commit — then release the partitions or exit. A batch smaller than the
+objective allows (``kto`` needs 4) is given up instead: its events are forgotten by the
+de-duplicator and read again later. Broker outages make commits fail; they are retried with a
+capped exponential backoff while the loop keeps polling, and ``/readyz`` says not ready.
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ import math
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +53,10 @@ from streaming.batcher import MicroBatcher
 from streaming.convert import to_example
 from streaming.deadletter import send_to_dead_letter
 from streaming.dedup import Deduplicator
-from streaming.errors import PipelineError
+from streaming.errors import FeedstepError, PipelineError
 from streaming.events import DecodeLimits, FeedbackEvent, Rejection, decode_event
 from streaming.governance import Governor, features_of
+from streaming.offsets import Ledger, Segment
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +77,25 @@ class PipelineSettings:
     queue_batches: int = 2
     log_every_s: float = 10.0
     checkpoint_every_steps: int = 100
+    checkpoint_every_s: float = 60.0
+    shutdown_timeout_s: float = 30.0
+    commit_backoff_s: float = 0.5
+    commit_backoff_max_s: float = 30.0
+
+
+class _Abandoned:
+    """The result of a batch that was given up at a shutdown deadline (no step was made)."""
+
+
+_ABANDONED = _Abandoned()
 
 
 @dataclass(slots=True)
 class _Batch:
     examples: list[Example]
     ts: list[float]
-    offsets: dict[TopicPartition, int]
     features: list[Any]
+    segment: Segment
     tensors: TensorBatch | None = None
 
 
@@ -85,10 +110,13 @@ class RunSummary:
     steps: int = 0
     skipped_steps: int = 0
     trained_examples: int = 0
+    given_up: int = 0
     baseline_correct: float = 0.0
     candidate_correct: float = 0.0
     scored: int = 0
     elapsed_s: float = 0.0
+    checkpoints: int = 0
+    commit_pending: bool = False
     final_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
     @property
@@ -132,8 +160,6 @@ class Pipeline:
         self.on_progress = on_progress
         self.governor = governor
         self.checkpoints = checkpoints
-        self._uncheckpointed: dict[TopicPartition, int] | None = None
-        self._steps_since_checkpoint = 0
         # Held by the training thread during a step and by the governor while it reads or
         # switches weights (holdout scoring, promotion, rollback).
         self.learner_lock = governor.lock if governor is not None else threading.Lock()
@@ -144,37 +170,65 @@ class Pipeline:
         self.dedup = Deduplicator(s.dedup_window)
         self.prequential = PairedPrequential(s.prequential_window)
         self.summary = RunSummary()
-        self._seen: dict[TopicPartition, int] = {}
+        self.ledger = Ledger()
+        self._segment = Segment()  # read since the last batch closed
+        self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
+        self._restored: dict[TopicPartition, int] = {}  # the checkpoint's offsets, for logs
+        self._unapplied_ids: set[str] = set()  # in the dedup window, not yet applied
+        self._ready: deque[_Batch] = deque()  # closed batches waiting for queue room
+        self._tok_q: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
         self._inbox: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
-        self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException]] = queue.Queue()
-        self._in_flight = 0
+        self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
+            queue.Queue()
+        )
+        self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
         self._dlq_dirty = False
-        self._held = False  # a final batch too small to train: its offsets stay uncommitted
+        self._uncheckpointed = False
+        self._steps_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._commit_due: dict[TopicPartition, int] | None = None
+        self._commit_retry_at = 0.0
+        self._commit_backoff = s.commit_backoff_s
+        self._paused = False
+        self._connected = True
         self._stop = threading.Event()
+        self._abandon = threading.Event()
+        self._tokenizer = threading.Thread(
+            target=self._tokenize_loop, name="feedstep-tokenize", daemon=True
+        )
         self._trainer = threading.Thread(
             target=self._train_loop, name="feedstep-train", daemon=True
         )
+        source.set_rebalance_hooks(self._on_revoke, self._on_assign)
 
     # -- public -------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to finish the step in flight, commit and return (signal-safe)."""
         self._stop.set()
 
+    @property
+    def applied_offsets(self) -> dict[TopicPartition, int]:
+        """Next offset per partition that the model state accounts for."""
+        return dict(self._applied)
+
     def run(self) -> RunSummary:
-        """Run until a stop condition, then drain, commit and return the summary."""
+        """Run until a stop condition, then settle (step, checkpoint, commit) and return."""
         s = self.settings
         started = time.monotonic()
         last_data = started
         last_log = started
+        self._tokenizer.start()
         self._trainer.start()
-        self.health.set_ready(True)
-        self.metrics.ready.set(1)
+        self._set_ready()
         failed = False
         try:
             while not self._stop.is_set():
                 self.health.beat()
                 self._collect(block=False)
-                timeout = s.poll_timeout_s
+                self._pump()
+                self._backpressure()
+                self._check_connection()
+                timeout = 0.05 if self._paused else s.poll_timeout_s
                 left = self.batcher.time_left_s()
                 if left is not None:
                     timeout = min(timeout, max(0.0, left))
@@ -187,7 +241,9 @@ class Pipeline:
                 due = self.batcher.due()
                 if due:
                     self._dispatch_or_hold(due)
-                self._commit_idle()
+                self._apply_idle()
+                self._maybe_checkpoint(now)
+                self._retry_commit(now)
                 if now - last_log >= s.log_every_s:
                     last_log = now
                     self._report()
@@ -198,9 +254,9 @@ class Pipeline:
             raise
         finally:
             if failed:
-                self._stop_trainer()  # commit nothing more
+                self._stop_stages()  # checkpoint and commit nothing more
             else:
-                self._drain()
+                self._shutdown()
             self.summary.elapsed_s = time.monotonic() - started
             self.metrics.ready.set(0)
             self.health.set_ready(False, "stopped")
@@ -216,25 +272,32 @@ class Pipeline:
 
     def _ingest(self, record: Record) -> None:
         self.summary.consumed += 1
-        self._seen[record.tp] = record.next_offset
+        segment = self._segment
+        segment.read(record.tp, record.offset)
         decoded = decode_event(record.value, self.settings.limits)
         if isinstance(decoded, Rejection):
             self._reject(record, decoded)
+            segment.rejected += 1
             return
         event: FeedbackEvent = decoded
         for name in event.truncated_fields:
             self.metrics.truncated.labels(field=name).inc()
         if self.dedup.check_and_add(event.event_id):
             self.summary.duplicates += 1
+            segment.duplicates += 1
             self.metrics.events.labels(outcome="duplicate").inc()
             return
         try:
             example = to_example(event)
             self.learner.objective.check(example)
         except ValueError as exc:  # a valid event the objective cannot use
+            self.dedup.forget((event.event_id,))
             self._reject(record, _unusable(str(exc)))
+            segment.rejected += 1
             return
         self.summary.accepted += 1
+        segment.event_ids.append(event.event_id)
+        self._unapplied_ids.add(event.event_id)
         self.metrics.events.labels(outcome="accepted").inc()
         features = (
             features_of(event.prompt, event.response, event.feedback.type)
@@ -261,85 +324,159 @@ class Pipeline:
     def _dispatch_or_hold(
         self, items: list[tuple[Example, float, Any]], final: bool = False
     ) -> None:
-        """Dispatch a time-triggered batch, unless it is smaller than the objective allows.
+        """Dispatch a batch, unless it is smaller than the objective allows.
 
-        A too-small batch waits for more events; at the end of a run it is left untrained and
-        its offsets uncommitted, so a restart reads those events again.
+        A too-small batch waits for more events; when the run ends or the partitions are
+        revoked it is given up (see :meth:`_give_up_open`).
         """
         need = self.learner.objective.min_batch_size
         if len(items) >= need:
             self._dispatch(items)
         elif final:
             log.warning(
-                "%d events left untrained at the end (%s needs batches of >= %d); their "
-                "offsets are not committed and will be read again",
+                "%d events left untrained (%s needs batches of >= %d); their offsets are not "
+                "committed and they will be read again",
                 len(items),
                 self.learner.objective.name,
                 need,
             )
-            self._held = True
+            self._give_up_open()
         else:
             for item in items:
                 self.batcher.add(item)
 
+    def _give_up_open(self) -> None:
+        """Drop the open segment: its events are forgotten and will be read again."""
+        seg, self._segment = self._segment, Segment()
+        self.dedup.forget(seg.event_ids)
+        self._unapplied_ids.difference_update(seg.event_ids)
+        self.summary.given_up += len(seg.event_ids)
+        self.batcher.flush()
+        if seg.start:  # read the segment again when we keep these partitions
+            self.source.seek({tp: self._applied.get(tp, start) for tp, start in seg.start.items()})
+
     def _dispatch(self, items: list[tuple[Example, float, Any]]) -> None:
-        batch = _Batch(
-            examples=[e for e, _, _ in items],
-            ts=[t for _, t, _ in items],
-            offsets=dict(self._seen),
-            features=[f for _, _, f in items],
+        segment, self._segment = self._segment, Segment()
+        self._ready.append(
+            _Batch(
+                examples=[e for e, _, _ in items],
+                ts=[t for _, t, _ in items],
+                features=[f for _, _, f in items],
+                segment=segment,
+            )
         )
-        batch.tensors = self.learner.objective.collate(batch.examples).pin()
-        while True:  # bounded queue: a slow step slows consumption instead of growing memory
+        self._pump()
+
+    def _pump(self, block: bool = False, deadline: float | None = None) -> None:
+        """Move closed batches to the tokenize stage while its queue has room."""
+        while self._ready:
             try:
-                self._inbox.put(batch, timeout=0.5)
-                break
+                self._tok_q.put_nowait(self._ready[0])
             except queue.Full:
+                if not block:
+                    return
                 self.health.beat()
                 self._collect(block=False)
-        self._in_flight += 1
+                if deadline is not None and time.monotonic() > deadline:
+                    self._abandon.set()
+                time.sleep(0.01)
+                continue
+            self._ready.popleft()
+            self._in_flight += 1
 
-    def _collect(self, block: bool) -> None:
+    def _backpressure(self) -> None:
+        """Pause the source while closed batches wait for room; resume once they are queued."""
+        if self._ready and not self._paused:
+            self.source.pause()
+            self._paused = True
+            self.metrics.consumer_paused.set(1)
+            log.debug("training is behind: consumption paused")
+        elif not self._ready and self._paused:
+            self.source.resume()
+            self._paused = False
+            self.metrics.consumer_paused.set(0)
+
+    def _collect(self, block: bool, deadline: float | None = None) -> None:
         while self._in_flight:
             try:
                 batch, result = (
-                    self._outbox.get(timeout=1.0) if block else self._outbox.get_nowait()
+                    self._outbox.get(timeout=0.2) if block else self._outbox.get_nowait()
                 )
             except queue.Empty:
-                if block:
-                    self.health.beat()
-                    if not self._trainer.is_alive():
-                        raise PipelineError("the training thread died without a result") from None
-                    continue
-                return
+                if not block:
+                    return
+                self.health.beat()
+                if deadline is not None and time.monotonic() > deadline:
+                    if not self._abandon.is_set():
+                        log.warning("shutdown deadline reached: giving up batches not started")
+                    self._abandon.set()
+                    if time.monotonic() > deadline + self.settings.shutdown_timeout_s:
+                        raise PipelineError(
+                            "the step in flight did not finish within twice shutdown_timeout_s; "
+                            "nothing more is checkpointed or committed"
+                        ) from None
+                if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
+                    raise PipelineError("a pipeline stage died without a result") from None
+                continue
             self._in_flight -= 1
+            if isinstance(result, _Abandoned):
+                self._give_up(batch)
+                continue
             if isinstance(result, BaseException):
                 raise PipelineError(
                     f"the step failed ({type(result).__name__}: {result}); offsets of the failed "
                     "batch were not committed, so its events will be read again on restart"
                 ) from result
             self._after_step(batch, result)
-            if self.checkpoints is None:
-                self._commit(batch.offsets)
-            else:
-                self._uncheckpointed = batch.offsets
-                self._steps_since_checkpoint += 1
-                if self._steps_since_checkpoint >= self.settings.checkpoint_every_steps:
-                    self._checkpoint()
+            self._apply(batch.segment, stepped=result.applied)
+            self._steps_since_checkpoint += 1
+            if (
+                self.checkpoints is not None
+                and self._steps_since_checkpoint >= self.settings.checkpoint_every_steps
+            ):
+                self._checkpoint()
 
-    def _commit_idle(self, final: bool = False) -> None:
-        if self._in_flight or self.batcher.pending or not self._seen or self._held:
+    def _give_up(self, batch: _Batch) -> None:
+        seg = batch.segment
+        self.dedup.forget(seg.event_ids)
+        self._unapplied_ids.difference_update(seg.event_ids)
+        self.summary.given_up += len(seg.event_ids)
+        log.warning(
+            "gave up a batch of %d events at the shutdown deadline; they will be read again",
+            len(seg.event_ids),
+        )
+
+    def _apply(self, segment: Segment, stepped: bool = True) -> None:
+        """Account for a segment whose step is done (or that needed none)."""
+        if segment.empty:
             return
+        self.ledger.apply(
+            segment.ranges(),
+            trained_ids=segment.event_ids,
+            skipped=0 if stepped else len(segment.event_ids),
+            rejected=segment.rejected,
+            duplicates=segment.duplicates,
+        )
+        self._applied.update(segment.end)
+        self._unapplied_ids.difference_update(segment.event_ids)
         if self.checkpoints is None:
-            self._commit(self._seen)
-        elif final:  # everything read is applied: one checkpoint covers it all
-            self._uncheckpointed = dict(self._seen)
-            self._checkpoint()
+            self._commit(self._applied)
+        else:
+            self._uncheckpointed = True
 
-    # -- checkpoints --------------------------------------------------------------------------
+    def _apply_idle(self) -> None:
+        """Apply a segment of rejects and duplicates once nothing is pending or in flight."""
+        if self._in_flight or self._ready or self.batcher.pending or self._segment.empty:
+            return
+        segment, self._segment = self._segment, Segment()
+        self._apply(segment, stepped=False)
+
+    # -- checkpoints and commits --------------------------------------------------------------
     def restore(self) -> int | None:
-        """Resume from the newest intact checkpoint: weights, monitors, dedup window, offsets.
+        """Resume from the newest intact checkpoint: weights, monitors, dedup, ledger, offsets.
 
+        Every partition the checkpoint covers is sought to its offset as soon as it is assigned;
+        the others start from the group's committed offsets (the source logs which).
         Returns the restored step, or None when there is no checkpoint.
         """
         if self.checkpoints is None:
@@ -351,7 +488,9 @@ class Pipeline:
         extra = loaded.extra
         offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
         self.source.seek(offsets)
-        self._seen.update(offsets)
+        self._applied.update(offsets)
+        self._restored = dict(offsets)
+        self.ledger = Ledger.from_json(extra.get("ledger"))
         self.dedup = Deduplicator.restore(extra.get("dedup", []), self.settings.dedup_window)
         if self.governor is not None and extra.get("governor") is not None:
             self.governor.load_state_dict(extra["governor"])
@@ -359,39 +498,175 @@ class Pipeline:
             "restored checkpoint %s (step %d); reading on from %s",
             loaded.path.name,
             loaded.step,
-            offsets,
+            {f"{t}:{p}": o for (t, p), o in sorted(offsets.items())},
         )
         return loaded.step
 
-    def _checkpoint(self) -> None:
-        """Write a checkpoint covering every applied batch, then commit its offsets.
+    def _maybe_checkpoint(self, now: float) -> None:
+        if (
+            self.checkpoints is not None
+            and self._uncheckpointed
+            and now - self._last_checkpoint >= self.settings.checkpoint_every_s
+        ):
+            self._checkpoint()
 
-        Taken under the learner lock with no finished-but-unprocessed step, so the weights in
-        it are exactly those that the saved offsets account for.
+    def _checkpoint(self) -> bool:
+        """Write a checkpoint covering every applied segment, then commit its offsets.
+
+        Taken under the learner lock with no finished-but-uncollected step, so the weights in
+        it are exactly those that the saved offsets account for. Returns False when it had to
+        wait for such a step (the next collect checkpoints after it).
         """
         assert self.checkpoints is not None
-        if self._uncheckpointed is None:
-            return
+        if not self._uncheckpointed:
+            return True
         with self.learner_lock:
             if not self._outbox.empty():
-                return  # a step finished meanwhile; the next collect checkpoints after it
-            offsets = self._uncheckpointed
+                return False
+            offsets = dict(self._applied)
+            unapplied = self._unapplied_ids
             extra = {
                 "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
-                "dedup": self.dedup.snapshot(),
+                "ledger": self.ledger.to_json(),
+                "dedup": [i for i in self.dedup.snapshot() if i not in unapplied],
                 "governor": self.governor.state_dict() if self.governor is not None else None,
             }
             self.checkpoints.save(self.learner, extra)  # type: ignore[arg-type]
-        self._commit(offsets)
-        self._uncheckpointed = None
+        self._uncheckpointed = False
         self._steps_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.summary.checkpoints += 1
+        self.metrics.checkpoints.inc()
+        self._commit(offsets)
+        return True
 
-    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        if self._dlq_dirty:
-            self.dead_letters.flush()  # rejects are durable before their offsets are committed
-            self._dlq_dirty = False
-        self.source.commit(offsets)
+    def _commit(self, offsets: dict[TopicPartition, int], force: bool = False) -> bool:
+        """Flush the dead letters, then commit ``offsets``; on failure retry later, backing off."""
+        if not offsets:
+            return True
+        if self._commit_due is not None and not force:
+            self._commit_due = dict(offsets)  # the retry commits the newest offsets
+            return False
+        try:
+            if self._dlq_dirty:
+                self.dead_letters.flush(timeout_s=10.0)  # rejects are durable first
+                self._dlq_dirty = False
+            self.source.commit(offsets)
+        except FeedstepError as exc:
+            if not exc.retriable:
+                log.warning("commit of %s refused (%s); not retried", _fmt(offsets), exc)
+                self._commit_due = None
+                return False
+            self.metrics.commit_failures.inc()
+            self._commit_due = dict(offsets)
+            self._commit_retry_at = time.monotonic() + self._commit_backoff
+            log.warning(
+                "commit failed (%s); retrying in %.1f s, the loop keeps running",
+                exc,
+                self._commit_backoff,
+            )
+            self._commit_backoff = min(self._commit_backoff * 2, self.settings.commit_backoff_max_s)
+            self._set_ready()
+            return False
+        self._commit_due = None
+        self._commit_backoff = self.settings.commit_backoff_s
         self.summary.final_offsets.update(offsets)
+        self._set_ready()
+        return True
+
+    def _retry_commit(self, now: float) -> None:
+        if self._commit_due is not None and now >= self._commit_retry_at:
+            self._commit(self._commit_due, force=True)
+
+    # -- connection, readiness ----------------------------------------------------------------
+    def _check_connection(self) -> None:
+        connected = self.source.connected()
+        if connected != self._connected:
+            self._connected = connected
+            if connected:
+                log.info("broker reachable again; resuming")
+            else:
+                log.warning("broker unreachable; the client reconnects with capped backoff")
+            self._set_ready()
+
+    def _set_ready(self) -> None:
+        self.metrics.broker_connected.set(1 if self._connected else 0)
+        if not self._connected:
+            self.health.set_ready(False, "broker unreachable")
+        elif self._commit_due is not None:
+            self.health.set_ready(False, "offset commits failing; retrying")
+        else:
+            self.health.set_ready(True)
+        self.metrics.ready.set(1 if self.health.ready else 0)
+
+    # -- rebalances, shutdown -----------------------------------------------------------------
+    def _settle(self, deadline: float | None = None) -> None:
+        """Close the open batch, finish every step in flight and apply what is left."""
+        rest = self.batcher.flush()
+        if rest:
+            self._dispatch_or_hold(rest, final=True)
+        self._pump(block=True, deadline=deadline)
+        self._collect(block=True, deadline=deadline)
+        self._apply_idle()
+
+    def _on_revoke(self, revoked: list[TopicPartition]) -> None:
+        """Rebalance: finish the step in flight, checkpoint, commit, then let the partitions go."""
+        self.metrics.rebalances.labels(event="revoked").inc()
+        self._settle()
+        if self.checkpoints is not None:
+            self._checkpoint()
+        else:
+            self._commit(self._applied, force=True)
+        if self._commit_due is not None:
+            log.error(
+                "could not commit %s before the rebalance; the checkpoint covers them and the "
+                "next owner may read some events again",
+                _fmt(self._commit_due),
+            )
+        for tp in revoked:
+            self._applied.pop(tp, None)
+            self._restored.pop(tp, None)
+        if self._commit_due is not None:
+            self._commit_due = {tp: o for tp, o in self._commit_due.items() if tp not in revoked}
+            self._commit_due = self._commit_due or None
+        self._uncheckpointed = self.checkpoints is not None  # the next checkpoint drops them
+
+    def _on_assign(self, assigned: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(event="assigned").inc()
+
+    def _shutdown(self) -> None:
+        """Settle within ``shutdown_timeout_s``, checkpoint, commit, stop the stages."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        try:
+            self._settle(deadline)
+            if self.checkpoints is not None:
+                self._checkpoint()
+            elif self._commit_due is not None:
+                self._commit(self._commit_due, force=True)
+            backoff = self.settings.commit_backoff_s
+            while self._commit_due is not None and time.monotonic() + backoff < deadline:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.commit_backoff_max_s)
+                self._commit(self._commit_due, force=True)
+            if self._commit_due is not None:
+                self.summary.commit_pending = True
+                log.error(
+                    "offsets %s are not committed (broker unreachable); the checkpoint covers "
+                    "them, so a restart with the same checkpoint directory loses nothing",
+                    _fmt(self._commit_due),
+                )
+        finally:
+            self._stop_stages()
+
+    def _stop_stages(self) -> None:
+        # After a clean settle the queues are empty; after a failure a stage may have returned.
+        self._abandon.set()
+        for q in (self._tok_q, self._inbox):
+            with contextlib.suppress(queue.Full):
+                q.put_nowait(None)
+        for thread in (self._tokenizer, self._trainer):
+            if thread.is_alive():
+                thread.join(timeout=self.settings.shutdown_timeout_s)
 
     def _should_stop(self, idle_s: float) -> bool:
         s = self.settings
@@ -401,32 +676,39 @@ class Pipeline:
             return True
         return s.stop_when_idle_s is not None and idle_s >= s.stop_when_idle_s
 
-    def _drain(self) -> None:
-        try:
-            rest = self.batcher.flush()
-            if rest and self._trainer.is_alive():
-                self._dispatch_or_hold(rest, final=True)
-            self._collect(block=True)
-            if self.checkpoints is not None and self._uncheckpointed is not None:
-                self._checkpoint()
-            self._commit_idle(final=True)
-        finally:
-            self._stop_trainer()
+    # -- tokenize and train stages ------------------------------------------------------------
+    def _tokenize_loop(self) -> None:
+        while True:
+            batch = self._tok_q.get()
+            if batch is None:
+                with contextlib.suppress(queue.Full):
+                    self._inbox.put_nowait(None)
+                return
+            if self._abandon.is_set():
+                self._outbox.put((batch, _ABANDONED))
+                continue
+            try:
+                batch.tensors = self.learner.objective.collate(batch.examples).pin()
+            except BaseException as exc:  # handed to the ingest stage, which raises it
+                self._outbox.put((batch, exc))
+                return
+            while True:
+                try:
+                    self._inbox.put(batch, timeout=0.2)
+                    break
+                except queue.Full:
+                    if self._abandon.is_set() and not self._trainer.is_alive():
+                        self._outbox.put((batch, _ABANDONED))
+                        break
 
-    def _stop_trainer(self) -> None:
-        # After a clean drain the queue is empty; after a failure the trainer has already
-        # returned. Either way a full queue must not block the caller.
-        with contextlib.suppress(queue.Full):
-            self._inbox.put_nowait(None)
-        if self._trainer.is_alive():
-            self._trainer.join(timeout=60)
-
-    # -- train stage --------------------------------------------------------------------------
     def _train_loop(self) -> None:
         while True:
             batch = self._inbox.get()
             if batch is None:
                 return
+            if self._abandon.is_set():
+                self._outbox.put((batch, _ABANDONED))
+                continue
             try:
                 assert batch.tensors is not None
                 with self.learner_lock:
@@ -512,3 +794,7 @@ def _unusable(detail: str) -> Rejection:
     return Rejection(
         RejectReason.BAD_VALUE, f"event is valid but cannot train the objective: {detail}"
     )
+
+
+def _fmt(offsets: dict[TopicPartition, int]) -> str:
+    return ", ".join(f"{t}:{p}@{o}" for (t, p), o in sorted(offsets.items()))

@@ -1,0 +1,225 @@
+"""What the model state accounts for: applied offset ranges per partition, and segments.
+
+feedstep's model state must be a function of exactly the events it trained on. The pipeline
+groups consumed records into **segments**: everything read since the previous segment closed, up
+to a watermark. A segment closes when a micro-batch is dispatched (its records are the batch's
+events plus the rejects and duplicates read in between) or when the loop is idle with nothing in
+flight (rejects and duplicates only). A segment is **applied** once its step is done (or at once,
+when it has no step); only then do its offsets move the checkpointed and committed positions.
+
+:class:`Ledger` is the compact, cumulative record of applied segments that every checkpoint
+carries: per partition, the half-open offset ranges applied so far (adjacent ranges merge, so an
+uninterrupted history is one range per partition), counters, an order-independent digest of the
+event ids trained on, and any **overlap** (a range applied twice) or **gap** (a range skipped).
+A fault test reads the ledger of the final checkpoint and checks that the union of ranges is the
+whole topic, that nothing overlapped, and that the digest equals the digest of every valid event.
+
+Offsets follow Kafka's convention: ``end`` is the next offset to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.base import TopicPartition
+
+_MASK = (1 << 64) - 1
+
+
+def event_digest(event_ids: Iterable[str]) -> int:
+    """Order-independent 64-bit digest of event ids: the sum of their hashes, mod 2**64.
+
+    Training on an event twice or missing one changes the digest, so a test can compare the
+    ledger's digest with the digest of the events it produced.
+
+    Example:
+        >>> event_digest(["a", "b"]) == event_digest(["b", "a"])
+        True
+        >>> event_digest(["a", "a"]) == event_digest(["a"])
+        False
+    """
+    total = 0
+    for event_id in event_ids:
+        h = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        total = (total + int.from_bytes(h, "big")) & _MASK
+    return total
+
+
+def tp_key(tp: TopicPartition) -> str:
+    """``"topic:partition"``, the ledger's JSON key for a topic-partition."""
+    return f"{tp[0]}:{tp[1]}"
+
+
+def parse_tp_key(key: str) -> TopicPartition:
+    """Inverse of :func:`tp_key` (topic names may contain ``:``; the partition is last)."""
+    topic, _, partition = key.rpartition(":")
+    return (topic, int(partition))
+
+
+@dataclass(slots=True)
+class Segment:
+    """Records read since the previous segment closed, up to ``end`` (next offset per partition)."""
+
+    start: dict[TopicPartition, int] = field(default_factory=dict)
+    end: dict[TopicPartition, int] = field(default_factory=dict)
+    event_ids: list[str] = field(default_factory=list)
+    rejected: int = 0
+    duplicates: int = 0
+
+    @property
+    def empty(self) -> bool:
+        """True when no record was read into it."""
+        return not self.start
+
+    def read(self, tp: TopicPartition, offset: int) -> None:
+        """Account for the record at ``offset`` of ``tp``."""
+        if tp not in self.start:
+            self.start[tp] = offset
+        self.end[tp] = offset + 1
+
+    def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
+        """``{tp: (first offset read, next offset)}``."""
+        return {tp: (self.start[tp], self.end[tp]) for tp in self.start}
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A range applied twice (``overlap``) or skipped (``gap``)."""
+
+    kind: str
+    partition: str
+    start: int
+    end: int
+
+    def to_json(self) -> list[Any]:
+        """``[kind, "topic:partition", start, end]``."""
+        return [self.kind, self.partition, self.start, self.end]
+
+
+class Ledger:
+    """Applied offset ranges per partition plus counters; JSON in every checkpoint.
+
+    Example:
+        >>> ledger = Ledger()
+        >>> ledger.apply({("t", 0): (0, 10)}, trained_ids=["a"], rejected=9)
+        >>> ledger.apply({("t", 0): (10, 20)}, trained_ids=["b"])
+        >>> ledger.ranges[("t", 0)], ledger.trained, ledger.violations
+        ([[0, 20]], 2, [])
+        >>> ledger.apply({("t", 0): (15, 25)})
+        >>> ledger.violations[0].kind
+        'overlap'
+    """
+
+    __slots__ = ("ranges", "trained", "skipped", "rejected", "duplicates", "digest", "violations")
+
+    def __init__(self) -> None:
+        self.ranges: dict[TopicPartition, list[list[int]]] = {}
+        self.trained = 0
+        self.skipped = 0
+        self.rejected = 0
+        self.duplicates = 0
+        self.digest = 0
+        self.violations: list[Violation] = []
+
+    def apply(
+        self,
+        ranges: Mapping[TopicPartition, tuple[int, int]],
+        trained_ids: Iterable[str] = (),
+        skipped: int = 0,
+        rejected: int = 0,
+        duplicates: int = 0,
+    ) -> None:
+        """Record one applied segment: its offset ranges and what it held."""
+        ids = list(trained_ids)
+        self.trained += len(ids)
+        self.digest = (self.digest + event_digest(ids)) & _MASK
+        self.skipped += skipped
+        self.rejected += rejected
+        self.duplicates += duplicates
+        for tp, (start, end) in ranges.items():
+            if end <= start:
+                continue
+            runs = self.ranges.setdefault(tp, [])
+            if runs and start < runs[-1][1]:
+                self.violations.append(
+                    Violation("overlap", tp_key(tp), start, min(end, runs[-1][1]))
+                )
+            if runs and start <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], end)
+            else:
+                runs.append([start, end])
+                runs.sort()
+
+    def covered(self, tp: TopicPartition) -> int:
+        """How many offsets of ``tp`` the ranges cover."""
+        return sum(b - a for a, b in self.ranges.get(tp, []))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (see :meth:`from_json`)."""
+        return {
+            "ranges": {tp_key(tp): runs for tp, runs in sorted(self.ranges.items())},
+            "trained": self.trained,
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "digest": f"{self.digest:016x}",
+            "violations": [v.to_json() for v in self.violations],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Ledger:
+        """Rebuild a ledger from :meth:`to_json` output (``None`` gives an empty one)."""
+        ledger = cls()
+        if not data:
+            return ledger
+        ledger.ranges = {
+            parse_tp_key(k): [[int(a), int(b)] for a, b in runs]
+            for k, runs in data.get("ranges", {}).items()
+        }
+        ledger.trained = int(data.get("trained", 0))
+        ledger.skipped = int(data.get("skipped", 0))
+        ledger.rejected = int(data.get("rejected", 0))
+        ledger.duplicates = int(data.get("duplicates", 0))
+        ledger.digest = int(str(data.get("digest", "0")), 16)
+        ledger.violations = [
+            Violation(str(kind), str(part), int(a), int(b))
+            for kind, part, a, b in data.get("violations", [])
+        ]
+        return ledger
+
+
+def check_ledgers(
+    ledgers: Iterable[Ledger], expected_ends: Mapping[TopicPartition, int]
+) -> list[str]:
+    """Problems with the union of ``ledgers`` against a topic read from offset 0 to its end.
+
+    Returns human-readable problems: overlaps recorded by a ledger, offsets applied by two
+    ledgers, and offsets no ledger applied. An empty list means every offset was applied exactly
+    once. (Compacted or transactional topics have legitimate gaps; this checks plain topics.)
+    """
+    problems: list[str] = []
+    spans: dict[TopicPartition, list[tuple[int, int, int]]] = {}
+    for i, ledger in enumerate(ledgers):
+        problems += [
+            f"ledger {i}: {v.kind} {v.partition} [{v.start}, {v.end})" for v in ledger.violations
+        ]
+        for tp, runs in ledger.ranges.items():
+            spans.setdefault(tp, []).extend((a, b, i) for a, b in runs)
+    for tp, end in sorted(expected_ends.items()):
+        at = 0
+        for a, b, i in sorted(spans.get(tp, [])):
+            if a > at:
+                problems.append(f"{tp_key(tp)}: offsets [{at}, {a}) applied by no ledger")
+            elif a < at:
+                problems.append(
+                    f"{tp_key(tp)}: offsets [{a}, {min(at, b)}) applied twice (ledger {i})"
+                )
+            at = max(at, b)
+        if at < end:
+            problems.append(f"{tp_key(tp)}: offsets [{at}, {end}) applied by no ledger")
+        elif at > end:
+            problems.append(f"{tp_key(tp)}: ledger reaches {at}, past the end {end}")
+    return problems
