@@ -165,6 +165,20 @@ class CheckpointManager:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     # -- load -----------------------------------------------------------------------------------
+    def latest_extra(self) -> tuple[Path, int, dict[str, Any]] | None:
+        """``(path, step, extra)`` of the newest intact checkpoint, without loading a model.
+
+        What a restart would resume from: corrupt checkpoints are skipped as in
+        :meth:`load_latest`. None when there is no intact checkpoint.
+        """
+        for path in reversed(self.checkpoints()):
+            try:
+                parsed = _read(path)
+            except _Corrupt:
+                continue
+            return path, int(parsed["state"]["step"]), parsed["extra"]
+        return None
+
     def load_latest(self, learner: Learner) -> LoadedCheckpoint | None:
         """Restore the newest intact checkpoint into ``learner`` in place.
 

@@ -37,6 +37,10 @@ class FeedstepConfig(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "feedback"
     group_id: str = "feedstep"
+    group_instance_id: str | None = None
+    """Static group membership (KIP-345), e.g. the pod name: a restarted sidecar with the same id
+    gets its partitions back at once, without a rebalance, if it returns within the session
+    timeout. Unset: dynamic membership (a clean exit leaves the group at once)."""
     client_id: str = "feedstep"
     dead_letter_topic: str = ""
     """Empty means ``<topic>.dlq``."""

@@ -92,6 +92,7 @@ class KafkaSource(Source):
         try:
             self._consumer = KafkaConsumer(
                 group_id=config.group_id,
+                group_instance_id=config.group_instance_id,
                 enable_auto_commit=False,
                 auto_offset_reset=config.auto_offset_reset,
                 max_poll_records=config.max_poll_records,

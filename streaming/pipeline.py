@@ -190,6 +190,7 @@ class Pipeline:
         self._commit_retry_at = 0.0
         self._commit_backoff = s.commit_backoff_s
         self._paused = False
+        self._running = False
         self._connected = True
         self._stop = threading.Event()
         self._abandon = threading.Event()
@@ -217,6 +218,7 @@ class Pipeline:
         started = time.monotonic()
         last_data = started
         last_log = started
+        self._running = True
         self._tokenizer.start()
         self._trainer.start()
         self._set_ready()
@@ -234,8 +236,8 @@ class Pipeline:
                     timeout = min(timeout, max(0.0, left))
                 records = self.source.poll(timeout, max_records=self._room())
                 now = time.monotonic()
-                if records:
-                    last_data = now
+                if records or self._paused or self._ready or self._in_flight:
+                    last_data = now  # not idle while work is pending
                 for record in records:
                     self._ingest(record)
                 due = self.batcher.due()
@@ -253,10 +255,13 @@ class Pipeline:
             failed = True
             raise
         finally:
-            if failed:
-                self._stop_stages()  # checkpoint and commit nothing more
-            else:
-                self._shutdown()
+            try:
+                if failed:
+                    self._stop_stages()  # checkpoint and commit nothing more
+                else:
+                    self._shutdown()
+            finally:
+                self._running = False
             self.summary.elapsed_s = time.monotonic() - started
             self.metrics.ready.set(0)
             self.health.set_ready(False, "stopped")
@@ -611,6 +616,8 @@ class Pipeline:
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
         """Rebalance: finish the step in flight, checkpoint, commit, then let the partitions go."""
+        if not self._running:
+            return  # the source is closing after the run: everything is settled already
         self.metrics.rebalances.labels(event="revoked").inc()
         self._settle()
         if self.checkpoints is not None:
