@@ -198,16 +198,22 @@ class KafkaSource(Source):
 class KafkaSink(Sink):
     """A producer that waits for all in-sync replicas on flush.
 
+    With ``ordered=True`` only one request is in flight per broker, so retries cannot reorder
+    messages of one partition.
+
     Example:
         >>> sink = KafkaSink(config)  # doctest: +SKIP
         >>> sink.send("feedback.dlq", b"...", headers=[("h", b"v")])  # doctest: +SKIP
         >>> sink.flush()  # doctest: +SKIP
     """
 
-    def __init__(self, config: FeedstepConfig) -> None:
+    def __init__(self, config: FeedstepConfig, *, ordered: bool = False) -> None:
+        # ordered: one request in flight per broker, so a retry can never overtake a later
+        # message (``feedstep produce`` keeps each key's order this way).
+        extra: dict[str, Any] = {"max_in_flight_requests_per_connection": 1} if ordered else {}
         try:
             self._producer = KafkaProducer(
-                acks="all", linger_ms=5, retries=5, **client_options(config)
+                acks="all", linger_ms=5, retries=5, **extra, **client_options(config)
             )
         except KafkaError as exc:
             raise BrokerUnavailable(

@@ -130,7 +130,9 @@ class TopicRangeSource(Source):
         try:
             known = consumer.partitions_for_topic(self.topic)
         except KafkaError as exc:
-            raise SourceError(f"could not read the metadata of topic {self.topic!r}: {exc}") from exc
+            raise SourceError(
+                f"could not read the metadata of topic {self.topic!r}: {exc}"
+            ) from exc
         if not known:
             raise SourceError(
                 f"topic {self.topic!r} does not exist (or has no partitions); check --topic and "
@@ -172,9 +174,7 @@ class TopicRangeSource(Source):
                         from_offset,
                         begins[tp],
                     )
-        return [
-            PartitionRange(tp.partition, starts[tp], max(starts[tp], stops[tp])) for tp in tps
-        ]
+        return [PartitionRange(tp.partition, starts[tp], max(starts[tp], stops[tp])) for tp in tps]
 
     @property
     def partitions(self) -> list[int]:
@@ -261,9 +261,7 @@ class TopicRangeSource(Source):
 
     def lag(self) -> dict[TP, int]:
         """Offsets left in each partition's range."""
-        return {
-            (self.topic, p): max(0, self._end[p] - self._position[p]) for p in self._position
-        }
+        return {(self.topic, p): max(0, self._end[p] - self._position[p]) for p in self._position}
 
     def close(self) -> None:
         """Close the consumer (there is no group to leave, nothing to commit)."""
