@@ -573,7 +573,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streaming.config import load_config
     from streaming.pipeline import Pipeline
     from streaming.replay import (
-        KAFKA_PREFIX,
         DiscardSink,
         ReplayRecorder,
         build_report,
@@ -601,47 +600,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     overrides["publish"] = False  # a replay is a dry run, whatever the config file says
     config = load_config(args.config, overrides)
     model_name = _starting_model(config)[0] if args.store else config.model
-    if not args.source.startswith(KAFKA_PREFIX) and not Path(args.source).is_file():
-        raise FeedstepError(
-            f"SOURCE {args.source!r} is neither kafka:TOPIC nor an existing file; pass a JSONL "
-            "file of events, a recording from `feedstep record`, or kafka:TOPIC"
-        )
-    learner = _build_learner(config, model_name)
-    metrics = Metrics()
-    governor = _build_governor(config, learner, None, metrics)
-    recorder = ReplayRecorder()
-    recorder.attach(governor)
+    # The source first: a wrong SOURCE or range fails before minutes of model loading.
     replay = open_replay_source(args.source, config, **_range_options(args))
-    dead_letters = DiscardSink()
-    progress = Progress(replay.total, "replayed")
-    settings = dataclasses.replace(
-        _pipeline_settings(config),
-        max_wait_ms=1e9,  # batches close by count only: a replay reads as fast as it can
-        stop_when_idle_s=config.stop_when_idle_s or 60.0,  # a topic range that stalls ends
-    )
-    pipeline: Pipeline
-
-    def on_progress(s: Any) -> None:
-        recorder.observe(pipeline)
-        promotions = sum(1 for e in governor.history if e.kind == "promote")
-        progress.show(
-            s.consumed,
-            f"steps={s.steps} promotions={promotions} preq_acc baseline="
-            f"{s.baseline_accuracy:.3f} candidate={s.candidate_accuracy:.3f}",
-        )
-
-    pipeline = Pipeline(
-        replay.source,
-        dead_letters,
-        learner,
-        metrics,
-        settings,
-        on_progress=on_progress,
-        governor=governor,
-    )
-    _install_signals(pipeline)
     try:
-        summary = pipeline.run()
+        learner = _build_learner(config, model_name)
+        metrics = Metrics()
+        governor = _build_governor(config, learner, None, metrics)
+        recorder = ReplayRecorder()
+        recorder.attach(governor)
+        dead_letters = DiscardSink()
+        progress = Progress(replay.total, "replayed")
+        settings = dataclasses.replace(
+            _pipeline_settings(config),
+            max_wait_ms=1e9,  # batches close by count only: a replay reads as fast as it can
+            stop_when_idle_s=config.stop_when_idle_s or 60.0,  # a topic range that stalls ends
+        )
+        pipeline: Pipeline
+
+        def on_progress(s: Any) -> None:
+            recorder.observe(pipeline)
+            promotions = sum(1 for e in governor.history if e.kind == "promote")
+            progress.show(
+                s.consumed,
+                f"steps={s.steps} promotions={promotions} preq_acc baseline="
+                f"{s.baseline_accuracy:.3f} candidate={s.candidate_accuracy:.3f}",
+            )
+
+        pipeline = Pipeline(
+            replay.source,
+            dead_letters,
+            learner,
+            metrics,
+            settings,
+            on_progress=on_progress,
+            governor=governor,
+        )
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        _install_signals(pipeline)
+        try:
+            summary = pipeline.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
         complete = replay.source.at_end()
     finally:
         replay.source.close()
