@@ -90,6 +90,9 @@ class TopicRangeSource(Source):
                 group_id=None,
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,  # a typo in --topic must not create a topic
+                # Should the broker ever call a position out of range, go back, never forward:
+                # records before the range are skipped, none inside it can be lost.
+                auto_offset_reset="earliest",
                 max_poll_records=config.max_poll_records,
                 request_timeout_ms=max(int(timeout_s * 1000), 5000) + 1000,
                 **client_options(config),
@@ -105,6 +108,7 @@ class TopicRangeSource(Source):
             self._consumer.close(autocommit=False)
             raise
         self._tps = {r.partition: TopicPartition(topic, r.partition) for r in self.ranges}
+        self._start = {r.partition: r.start for r in self.ranges}
         self._end = {r.partition: r.end for r in self.ranges}
         self._position = {r.partition: r.start for r in self.ranges}
         active = [self._tps[r.partition] for r in self.ranges if r.size > 0]
@@ -146,24 +150,31 @@ class TopicRangeSource(Source):
                 f"{sorted(known)}"
             )
         tps = [TopicPartition(self.topic, p) for p in chosen]
-        try:
-            begins: dict[Any, int] = consumer.beginning_offsets(tps)
-            ends: dict[Any, int] = consumer.end_offsets(tps)
-            starts = dict(begins)
-            if from_offset is not None:
-                starts = {tp: max(begins[tp], from_offset) for tp in tps}
-            elif from_time_ms is not None:
-                found = consumer.offsets_for_times({tp: from_time_ms for tp in tps})
-                starts = {tp: ends[tp] if found[tp] is None else found[tp].offset for tp in tps}
-            stops = dict(ends)
-            if to_time_ms is not None:
-                found = consumer.offsets_for_times({tp: to_time_ms for tp in tps})
-                stops = {
-                    tp: ends[tp] if found[tp] is None else min(ends[tp], found[tp].offset)
-                    for tp in tps
-                }
-        except KafkaError as exc:
-            raise SourceError(f"could not read the offsets of topic {self.topic!r}: {exc}") from exc
+        # Each lookup is read until two reads agree: under load this client has been seen to
+        # answer one ListOffsets call with another's result (begin offsets equal to the end
+        # offsets), which would silently empty a range. End offsets only grow, so the largest
+        # read is kept.
+        reads = [self._lookup(tps, from_time_ms, to_time_ms) for _ in range(2)]
+        while reads[-1][0::2] != reads[-2][0::2]:
+            if len(reads) >= 6:
+                raise SourceError(
+                    f"the broker gave {len(reads)} different answers for the offsets of "
+                    f"{self.topic!r}; retry, and check the broker's health"
+                )
+            reads.append(self._lookup(tps, from_time_ms, to_time_ms))
+        begins, _, found = reads[-1]
+        ends = {tp: max(r[1][tp] for r in reads) for tp in tps}
+        from_found, to_found = found
+        starts = dict(begins)
+        if from_offset is not None:
+            starts = {tp: max(begins[tp], from_offset) for tp in tps}
+        elif from_time_ms is not None:
+            starts = {tp: ends[tp] if (o := from_found[tp]) is None else o for tp in tps}
+        stops = dict(ends)
+        if to_time_ms is not None:
+            stops = {
+                tp: ends[tp] if (o := to_found[tp]) is None else min(ends[tp], o) for tp in tps
+            }
         if from_offset is not None:
             for tp in tps:
                 if from_offset < begins[tp]:
@@ -175,6 +186,25 @@ class TopicRangeSource(Source):
                         begins[tp],
                     )
         return [PartitionRange(tp.partition, starts[tp], max(starts[tp], stops[tp])) for tp in tps]
+
+    def _lookup(
+        self, tps: list[Any], from_time_ms: int | None, to_time_ms: int | None
+    ) -> tuple[dict[Any, int], dict[Any, int], tuple[dict[Any, int | None], dict[Any, int | None]]]:
+        """One read of the begin offsets, the end offsets and the offsets at the two times."""
+        consumer = self._consumer
+
+        def at(ms: int | None) -> dict[Any, int | None]:
+            if ms is None:
+                return {}
+            found = consumer.offsets_for_times({tp: ms for tp in tps})
+            return {tp: None if found[tp] is None else found[tp].offset for tp in tps}
+
+        try:
+            begins = dict(consumer.beginning_offsets(tps))
+            ends = dict(consumer.end_offsets(tps))
+            return begins, ends, (at(from_time_ms), at(to_time_ms))
+        except KafkaError as exc:
+            raise SourceError(f"could not read the offsets of topic {self.topic!r}: {exc}") from exc
 
     @property
     def partitions(self) -> list[int]:
@@ -194,8 +224,10 @@ class TopicRangeSource(Source):
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[Record] = []
         for tp, records in batches.items():
-            end = self._end[tp.partition]
+            start, end = self._start[tp.partition], self._end[tp.partition]
             for r in records:
+                if r.offset < start:
+                    continue
                 if r.offset >= end:
                     break
                 out.append(
@@ -218,8 +250,16 @@ class TopicRangeSource(Source):
             tp = self._tps[partition]
             # The consumer's position also moves past offsets with no record (transaction
             # markers, compacted records), so it decides when a partition is done.
-            position = max(self._position[partition], self._consumer.position(tp))
+            position = max(self._position[partition], self._consumer.position(tp) or 0)
             if position >= self._end[partition]:
+                if self._position[partition] < self._end[partition]:
+                    log.info(
+                        "%s[%d]: offsets %d..%d hold no records (compacted or markers)",
+                        self.topic,
+                        partition,
+                        self._position[partition],
+                        self._end[partition],
+                    )
                 self._position[partition] = self._end[partition]
                 self._open.discard(partition)
                 self._consumer.pause(tp)
