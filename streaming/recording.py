@@ -37,6 +37,7 @@ from streaming.errors import FeedstepError
 __all__ = [
     "Pacer",
     "RecordingFileSource",
+    "count_records",
     "decode_recorded",
     "encode_record",
     "file_format",
@@ -185,6 +186,11 @@ def file_format(path: str | os.PathLike[str]) -> FileFormat:
         except ValueError:
             return "events"
     return "events"
+
+
+def count_records(path: str | os.PathLike[str]) -> int:
+    """Non-blank lines of a recording or events file (for progress totals)."""
+    return sum(1 for _ in _lines(Path(path)))
 
 
 def read_recording(path: str | os.PathLike[str]) -> Iterator[Record]:

@@ -30,7 +30,7 @@ from streaming.errors import FeedstepError
 from streaming.files import JsonlFileSource
 from streaming.governance import Governor
 from streaming.pipeline import Pipeline, RunSummary
-from streaming.recording import RecordingFileSource, file_format
+from streaming.recording import RecordingFileSource, count_records, file_format
 
 __all__ = [
     "REPORT_FORMAT",
@@ -107,17 +107,11 @@ def open_replay_source(
     file_source: Source
     if kind == "recording":
         file_source = RecordingFileSource(path)
-        total = _count_lines(path)
+        total = count_records(path)
     else:
         events = JsonlFileSource(path)
         file_source, total = events, events.line_count()
     return ReplaySource(file_source, {"kind": kind, "path": str(path.resolve())}, total)
-
-
-def _count_lines(path: Path) -> int:
-    from streaming.recording import _lines
-
-    return sum(1 for _ in _lines(path))
 
 
 class DiscardSink(Sink):
