@@ -1,7 +1,8 @@
 """The ``feedstep`` command line.
 
-Verbs: ``demo``, ``run`` and ``produce`` run and feed the sidecar; ``status``, ``promote`` and
-``rollback`` read and switch the model store (:mod:`learner.store`).
+Verbs: ``demo``, ``run`` and ``produce`` run and feed the sidecar; ``record`` dumps a topic range
+to JSONL and ``replay`` runs the pipeline over a recording as a dry run with a report;
+``status``, ``promote`` and ``rollback`` read and switch the model store (:mod:`learner.store`).
 
 Every long job shows progress on stderr. User text never reaches the logs. Errors print one line,
 ``feedstep: error: ...``, on stderr and exit with status 2.
@@ -18,9 +19,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from learner.store import StoreError
 from streaming.errors import FeedstepError
@@ -425,41 +426,258 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
-    """Write recorded events (JSONL, one event per line) to a topic, in file order."""
-    from streaming.config import load_config
-    from streaming.kafka import KafkaSink
-
-    config = load_config(args.config, {"bootstrap_servers": args.bootstrap_servers})
-    path = Path(args.file)
-    if not path.is_file():
-        raise FeedstepError(f"no such file {str(path)!r}; pass a JSONL file of recorded events")
+def _plain_messages(
+    path: Path, key_field: str | None
+) -> Iterator[tuple[bytes | None, bytes, list[tuple[str, bytes]], int | None]]:
+    """(key, value, headers, timestamp) of each line of a plain events file, in file order."""
     opener = gzip.open if path.suffix == ".gz" else open
-    sink = KafkaSink(config)
-    progress = Progress(None, f"produced to {args.topic}")
-    sent = 0
     with opener(path, "rb") as fh:
         for line in fh:
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
             key = None
-            if args.key_field:
+            if key_field:
                 try:
                     obj = json.loads(raw)
-                    value = obj.get(args.key_field) if isinstance(obj, dict) else None
+                    value = obj.get(key_field) if isinstance(obj, dict) else None
                     key = str(value).encode() if value is not None else None
-                except ValueError:
-                    key = (
-                        None  # malformed lines are sent as they are: the sidecar dead-letters them
-                    )
-            sink.send(args.topic, raw, key=key)
+                except ValueError:  # sent as it is: the sidecar dead-letters it
+                    key = None
+            yield key, raw, [], None
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """Write events or a recording to a topic, keyed, in order per key, optionally paced."""
+    from streaming.config import load_config
+    from streaming.kafka import KafkaSink
+    from streaming.recording import Pacer, file_format, read_recording, time_ordered
+
+    config = load_config(args.config, {"bootstrap_servers": args.bootstrap_servers})
+    path = Path(args.file)
+    if not path.is_file():
+        raise FeedstepError(
+            f"no such file {str(path)!r}; pass a JSONL file of events or a recording from "
+            "`feedstep record`"
+        )
+    pacer = Pacer(rate=args.rate, speed=args.speed)
+    recording = file_format(path) == "recording"
+    if args.speed is not None and not recording:
+        raise FeedstepError(
+            f"--speed replays the gaps between recorded timestamps, but {str(path)!r} holds "
+            "plain events without them; record the topic with `feedstep record`, or pace with "
+            "--rate EVENTS_PER_S"
+        )
+    messages: Iterable[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int | None]]
+    if recording:
+        records: Iterable[Any] = read_recording(path)
+        if args.speed is not None:
+            records = time_ordered(records)
+        messages = ((r.key, r.value, list(r.headers), r.timestamp_ms) for r in records)
+    else:
+        messages = _plain_messages(path, args.key_field)
+    sink = KafkaSink(config, ordered=True)
+    progress = Progress(None, f"produced to {args.topic}")
+    sent = 0
+    try:
+        for key, value, headers, timestamp_ms in messages:
+            pacer.wait(timestamp_ms)
+            # A recorded tombstone (no value) is sent as one: kafka-python accepts None.
+            sink.send(args.topic, cast(bytes, value), key=key, headers=headers)
             sent += 1
+            if sent % 1000 == 0:
+                sink.flush()  # bounds the delivery futures held, and surfaces errors early
             progress.show(sent)
-    sink.close()
+    finally:
+        sink.close()
     progress.show(sent, "done", force=True)
     progress.close()
-    print(f"produced={sent} topic={args.topic}")
+    mode = (
+        f" rate={args.rate:g}/s" if args.rate else (f" speed={args.speed:g}x" if args.speed else "")
+    )
+    print(
+        f"produced={sent} topic={args.topic} format={'recording' if recording else 'events'}{mode}"
+    )
+    return 0
+
+
+def _partitions(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if not parts or any(p < 0 for p in parts):
+        raise FeedstepError(
+            f"--partitions {text!r} must be a comma-separated list of partition numbers, e.g. 0,2"
+        )
+    return parts
+
+
+def _range_options(args: argparse.Namespace) -> dict[str, Any]:
+    from streaming.recording import parse_time_ms
+
+    return {
+        "partitions": _partitions(args.partitions),
+        "from_offset": args.from_offset,
+        "from_time_ms": parse_time_ms(args.from_time, "from-time") if args.from_time else None,
+        "to_time_ms": parse_time_ms(args.to_time, "to-time") if args.to_time else None,
+    }
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Dump a range of a topic to JSONL (assign mode: no group, nothing committed)."""
+    from streaming.config import load_config
+    from streaming.errors import SourceError
+    from streaming.recording import encode_record
+    from streaming.topicrange import TopicRangeSource
+
+    config = load_config(args.config, {"bootstrap_servers": args.bootstrap_servers})
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise FeedstepError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
+    source = TopicRangeSource(config, args.topic, **_range_options(args))
+    tmp = out.with_name(f".{out.name}.part")
+    progress = Progress(source.total or None, f"recorded from {args.topic}")
+    written = 0
+    done = False
+    try:
+        opener = gzip.open if out.suffix == ".gz" else open
+        with opener(tmp, "wb") as fh:
+            last = time.monotonic()
+            while not source.at_end():
+                records = source.poll(1.0)
+                now = time.monotonic()
+                if records:
+                    last = now
+                elif now - last > args.idle_timeout_s:
+                    raise SourceError(
+                        f"no records from {args.topic} for {args.idle_timeout_s:g} s before the "
+                        f"end offsets taken at start ({source.lag()} left); is the broker up? "
+                        "Rerun, or raise --idle-timeout-s"
+                    )
+                for record in records:
+                    fh.write(encode_record(record).encode("utf-8") + b"\n")
+                written += len(records)
+                progress.show(written)
+        tmp.replace(out)
+        done = True
+    finally:
+        source.close()
+        if not done:
+            tmp.unlink(missing_ok=True)
+    progress.show(written, "done", force=True)
+    progress.close()
+    parts = ",".join(str(p) for p in source.partitions)
+    print(f"recorded={written} topic={args.topic} partitions={parts} out={out}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The real pipeline over a file or a topic range, publishing off, with a report."""
+    import dataclasses
+
+    from monitors.metrics import Metrics
+    from streaming.config import load_config
+    from streaming.pipeline import Pipeline
+    from streaming.replay import (
+        DiscardSink,
+        ReplayRecorder,
+        build_report,
+        open_replay_source,
+        write_report,
+    )
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "bootstrap_servers",
+            "model",
+            "batch_size",
+            "device",
+            "lr",
+            "seed",
+            "store",
+            "gate_min_events",
+            "gate_min_effect",
+            "gate_alpha",
+            "drift_quiet_events",
+            "stop_after_events",
+        )
+    }
+    overrides["publish"] = False  # a replay is a dry run, whatever the config file says
+    config = load_config(args.config, overrides)
+    model_name = _starting_model(config)[0] if args.store else config.model
+    # The source first: a wrong SOURCE or range fails before minutes of model loading.
+    replay = open_replay_source(args.source, config, **_range_options(args))
+    try:
+        learner = _build_learner(config, model_name)
+        metrics = Metrics()
+        governor = _build_governor(config, learner, None, metrics)
+        recorder = ReplayRecorder()
+        recorder.attach(governor)
+        dead_letters = DiscardSink()
+        progress = Progress(replay.total, "replayed")
+        settings = dataclasses.replace(
+            _pipeline_settings(config),
+            max_wait_ms=1e9,  # batches close by count only: a replay reads as fast as it can
+            stop_when_idle_s=config.stop_when_idle_s or 60.0,  # a topic range that stalls ends
+        )
+        pipeline: Pipeline
+
+        def on_progress(s: Any) -> None:
+            recorder.observe(pipeline)
+            promotions = sum(1 for e in governor.history if e.kind == "promote")
+            progress.show(
+                s.consumed,
+                f"steps={s.steps} promotions={promotions} preq_acc baseline="
+                f"{s.baseline_accuracy:.3f} candidate={s.candidate_accuracy:.3f}",
+            )
+
+        pipeline = Pipeline(
+            replay.source,
+            dead_letters,
+            learner,
+            metrics,
+            settings,
+            on_progress=on_progress,
+            governor=governor,
+        )
+        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        _install_signals(pipeline)
+        try:
+            summary = pipeline.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+        complete = replay.source.at_end()
+    finally:
+        replay.source.close()
+    progress.show(summary.consumed, "done", force=True)
+    progress.close()
+    report = build_report(
+        config=config,
+        source=replay,
+        summary=summary,
+        pipeline=pipeline,
+        governor=governor,
+        recorder=recorder,
+        dead_letters=dead_letters,
+    )
+    report["complete"] = complete
+    if not complete:
+        log.warning("the replay stopped before the end of its source; the report covers part")
+    files = write_report(report, args.report)
+    s = report["summary"]
+    print(
+        f"replayed events={s['events']} accepted={s['accepted']} "
+        f"dead_lettered={s['dead_lettered']} steps={s['steps']} "
+        f"gate_decisions={s['gate_decisions']} promotions={s['promotions']} "
+        f"rollbacks={s['rollbacks']} drift_alarms={s['drift_alarms']} "
+        f"prequential_accuracy baseline={summary.baseline_accuracy:.3f} "
+        f"candidate={summary.candidate_accuracy:.3f} report={files[0]}"
+    )
     return 0
 
 
@@ -633,13 +851,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    produce = sub.add_parser("produce", help="write recorded events (JSONL) to a topic")
-    produce.add_argument("file", help="JSONL file, one event per line (.gz ok)")
+    produce = sub.add_parser(
+        "produce", help="write events or a recording (JSONL) to a topic, keyed, paced"
+    )
+    produce.add_argument(
+        "file", help="JSONL: one event per line, or a recording from `feedstep record` (.gz ok)"
+    )
     produce.add_argument("--topic", required=True)
     produce.add_argument("--bootstrap-servers", default=None)
-    produce.add_argument("--key-field", default="conversation_id", help="event field used as key")
+    produce.add_argument(
+        "--key-field",
+        default="conversation_id",
+        help="event field used as key for plain events (a recording keeps its keys)",
+    )
+    pace = produce.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=None, help="events per second (fixed pace)")
+    pace.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="replay a recording's timestamp gaps divided by FACTOR (2 = twice as fast)",
+    )
     produce.add_argument("--config", default=None)
     produce.set_defaults(func=cmd_produce)
+
+    def range_flags(p: argparse.ArgumentParser) -> None:
+        start = p.add_mutually_exclusive_group()
+        start.add_argument(
+            "--from-offset", type=int, default=None, help="start offset in every partition"
+        )
+        start.add_argument(
+            "--from-time", default=None, help="start at this time (RFC 3339 or epoch ms)"
+        )
+        p.add_argument(
+            "--to-time",
+            default=None,
+            help="stop before the first record at or after this time (default: the end offsets "
+            "at start)",
+        )
+        p.add_argument("--partitions", default=None, help="e.g. 0,2 (default: all)")
+        p.add_argument("--bootstrap-servers", default=None)
+        p.add_argument("--config", default=None)
+
+    record = sub.add_parser("record", help="dump a topic range to JSONL (no group, no commits)")
+    record.add_argument("--topic", required=True)
+    record.add_argument("--out", required=True, help="FILE.jsonl (.gz compresses)")
+    record.add_argument(
+        "--idle-timeout-s", type=float, default=60.0, help="fail after this long without records"
+    )
+    range_flags(record)
+    record.set_defaults(func=cmd_record)
+
+    replay = sub.add_parser(
+        "replay", help="dry-run the learner, monitors and gate over a recording; write a report"
+    )
+    replay.add_argument(
+        "source", help="a JSONL file (events or a recording), or kafka:TOPIC for a topic range"
+    )
+    replay.add_argument("--report", required=True, help="folder for report.json and the plots")
+    range_flags(replay)
+    replay.add_argument("--model", default=None, help="minilm (default), tiny, or a local folder")
+    replay.add_argument(
+        "--store",
+        default=None,
+        help="start from this model store's LIVE version (read only; default: --model)",
+    )
+    replay.add_argument("--batch-size", type=int, default=None)
+    replay.add_argument("--lr", type=float, default=None)
+    replay.add_argument("--seed", type=int, default=None)
+    replay.add_argument("--device", default=None)
+    replay.add_argument("--gate-min-events", type=int, default=None)
+    replay.add_argument("--gate-min-effect", type=float, default=None)
+    replay.add_argument("--gate-alpha", type=float, default=None)
+    replay.add_argument("--drift-quiet-events", type=int, default=None)
+    replay.add_argument("--stop-after-events", type=int, default=None, help="replay N at most")
+    replay.set_defaults(func=cmd_replay)
 
     store_help = "model store directory (default: the config's store, ./feedstep-store)"
     status = sub.add_parser("status", help="show the model store: LIVE, versions, switches")

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,11 @@ class Governor:
         holdout: a fixed holdout batch (already collated), scored every
             ``holdout_every_steps`` steps; ``None`` leaves the holdout check inconclusive.
         objective: the objective's name for manifests.
+
+    Attributes:
+        on_decision: called after every step with the events seen so far and each decision
+            made (the rollback watch's, then the gate's unless it rolled back); ``feedstep
+            replay`` collects them for its report. None: no callback.
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class Governor:
         self.events = 0
         self.steps = 0
         self.history: list[Event] = []
+        self.on_decision: Callable[[int, GateDecision | RollbackDecision], None] | None = None
         self._holdout_result: HoldoutResult | None = None
         self.live_version: int | None = store.live_version() if store is not None else None
         if self.live_version is not None:
@@ -172,6 +178,8 @@ class Governor:
 
         rollback = self.watch.decide()
         self.metrics.record_rollback_watch(rollback)
+        if self.on_decision is not None:
+            self.on_decision(self.events, rollback)
         if rollback.action == "rollback":
             self._rollback(rollback)
             return
@@ -179,6 +187,8 @@ class Governor:
             distance = self.learner.param_distance()
         decision = self.gate.decide(holdout=self._holdout_result, param_distance=distance)
         self.metrics.record_gate(decision)
+        if self.on_decision is not None:
+            self.on_decision(self.events, decision)
         if decision.action == "promote":
             self._promote(decision, tokenizer)
 

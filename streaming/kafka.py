@@ -313,16 +313,22 @@ class KafkaSink(Sink):
     retries) stays queued and is sent again by the next :meth:`flush`, which raises
     :class:`~streaming.errors.SinkUnavailable` until every message is acknowledged.
 
+    With ``ordered=True`` only one request is in flight per broker, so retries cannot reorder
+    messages of one partition.
+
     Example:
         >>> sink = KafkaSink(config)  # doctest: +SKIP
         >>> sink.send("feedback.dlq", b"...", headers=[("h", b"v")])  # doctest: +SKIP
         >>> sink.flush()  # doctest: +SKIP
     """
 
-    def __init__(self, config: FeedstepConfig) -> None:
+    def __init__(self, config: FeedstepConfig, *, ordered: bool = False) -> None:
+        # ordered: one request in flight per broker, so a retry can never overtake a later
+        # message (``feedstep produce`` keeps each key's order this way).
+        extra: dict[str, Any] = {"max_in_flight_requests_per_connection": 1} if ordered else {}
         try:
             self._producer = KafkaProducer(
-                acks="all", linger_ms=5, max_block_ms=10_000, **client_options(config)
+                acks="all", linger_ms=5, max_block_ms=10_000, **extra, **client_options(config)
             )
         except KafkaError as exc:
             raise BrokerUnavailable(

@@ -24,8 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,7 +265,9 @@ class Sidecar:
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{self.name}: no {pattern!r} in {timeout} s:\n" + self.tail())
+                    raise AssertionError(
+                        f"{self.name}: no {pattern!r} in {timeout} s:\n" + self.tail()
+                    )
                 self._cond.wait(min(left, 0.5))
 
     def metrics_port(self) -> int:
