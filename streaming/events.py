@@ -316,9 +316,11 @@ def _describe_label(value: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Timestamps
 
-# The common shape, handed to the C parser; anything else goes through the careful path.
+# The common shape, handed to the C parser; anything else goes through the careful path. The
+# offset is range-checked here because fromisoformat takes "+02:60" (RFC 3339 does not).
 _RFC3339_FAST: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
+    re.ASCII,
 )
 # Everything RFC 3339 allows (lowercase t/z, a space separator, any fraction length), plus a
 # missing offset so that a naive time gets its own message.
