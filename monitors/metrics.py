@@ -12,7 +12,7 @@ several pipelines in one process never collide.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -38,6 +38,38 @@ _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class _PerRecordCounter(Counter):
+    """A labelled Counter that remembers its children: ``labels(...)`` once per event is cheap.
+
+    prometheus_client validates and stringifies the label values on every ``labels`` call;
+    the counters touched once per record (events, dead letters, truncations) look their child
+    up in a dict keyed by the call's own arguments instead. Label vocabularies are bounded, so
+    the cache is too; ``remove`` and ``clear`` empty it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children: dict[tuple[Any, ...], _PerRecordCounter] = {}
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> _PerRecordCounter:
+        """The child for these label values (cached after the first call)."""
+        key = (*labelvalues, *labelkwargs.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = super().labels(*labelvalues, **labelkwargs)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        """Remove a child and forget every cached one."""
+        self._children.clear()
+        super().remove(*labelvalues)
+
+    def clear(self) -> None:
+        """Remove every child and forget the cached ones."""
+        self._children.clear()
+        super().clear()
+
+
 class Metrics:
     """The metric set of one feedstep process.
 
@@ -51,16 +83,16 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.events = Counter(
+        self.events = _PerRecordCounter(
             "feedstep_events", "Feedback records consumed, by outcome.", ["outcome"], registry=r
         )
-        self.dead_letter = Counter(
+        self.dead_letter = _PerRecordCounter(
             "feedstep_dead_letter",
             "Records sent to the dead-letter topic, by rejection reason.",
             ["reason"],
             registry=r,
         )
-        self.truncated = Counter(
+        self.truncated = _PerRecordCounter(
             "feedstep_truncated_fields",
             "Text fields cut to the configured limit, by field.",
             ["field"],
