@@ -191,6 +191,18 @@ class _Clocked(Source):
     def committed(self):  # type: ignore[no-untyped-def]
         return self.inner.committed()
 
+    def pause(self) -> None:
+        self.inner.pause()
+
+    def resume(self) -> None:
+        self.inner.resume()
+
+    def connected(self) -> bool:
+        return self.inner.connected()
+
+    def set_rebalance_hooks(self, on_revoke, on_assign):  # type: ignore[no-untyped-def]
+        self.inner.set_rebalance_hooks(on_revoke, on_assign)
+
 
 def run_feedstep(
     bootstrap: str,

@@ -47,9 +47,19 @@ class WindowedMean(Monitor):
             self._sum = math.fsum(self._values)
 
     def update_many(self, values: Iterable[float]) -> None:
-        """Add several values in order."""
-        for v in values:
-            self.update(v)
+        """Add several values in order (the same result as :meth:`update` on each, faster)."""
+        kept = [v for v in values if v == v]  # NaN != NaN: skipped, as in update()
+        if not kept:
+            return
+        window = self._values
+        window.extend(kept)
+        self._sum += sum(kept)
+        for _ in range(len(window) - self.window):
+            self._sum -= window.popleft()
+        before = self._updates
+        self._updates += len(kept)
+        if self._updates // 4096 != before // 4096:
+            self._sum = math.fsum(window)
 
     @property
     def count(self) -> int:
@@ -101,15 +111,19 @@ class PairedPrequential:
         candidate_correct: Iterable[float],
     ) -> None:
         """Feed one batch of paired per-event values (all sequences the same length)."""
-        for bl, cl, bc, cc in zip(
-            baseline_loss, candidate_loss, baseline_correct, candidate_correct, strict=True
-        ):
-            self.baseline_loss.update(bl)
-            self.candidate_loss.update(cl)
-            self.baseline_accuracy.update(bc)
-            self.candidate_accuracy.update(cc)
-            self.difference.update(bl - cl)
-            self.events += 1
+        bl, cl = list(baseline_loss), list(candidate_loss)
+        bc, cc = list(baseline_correct), list(candidate_correct)
+        if not len(bl) == len(cl) == len(bc) == len(cc):
+            raise ValueError(
+                f"paired prequential values need equal lengths, got {len(bl)}, {len(cl)}, "
+                f"{len(bc)}, {len(cc)} (baseline loss, candidate loss, baseline/candidate correct)"
+            )
+        self.baseline_loss.update_many(bl)
+        self.candidate_loss.update_many(cl)
+        self.baseline_accuracy.update_many(bc)
+        self.candidate_accuracy.update_many(cc)
+        self.difference.update_many([b - c for b, c in zip(bl, cl, strict=True)])
+        self.events += len(bl)
 
     def snapshot(self) -> PrequentialSnapshot:
         """Current windowed figures."""

@@ -90,6 +90,10 @@ class Source(abc.ABC):
     def resume(self) -> None:  # noqa: B027 - optional hook
         """Undo :meth:`pause`."""
 
+    def read_back(self, tp: TopicPartition, count: int) -> list[bytes | None]:
+        """Raw values of up to ``count`` records before where ``tp`` started; [] if unknown."""
+        return []
+
     def connected(self) -> bool:
         """False while the source knows it cannot reach its backend (a broker outage)."""
         return True

@@ -232,6 +232,7 @@ def _pipeline_settings(config: Any) -> Any:
         max_wait_ms=config.max_wait_ms,
         dead_letter_topic=config.dlq_topic,
         dedup_window=config.dedup_window,
+        dedup_prime_records=config.dedup_prime_records,
         limits=DecodeLimits(
             max_text_chars=config.max_text_chars, max_event_bytes=config.max_event_bytes
         ),

@@ -59,6 +59,8 @@ class FeedstepConfig(BaseSettings):
     max_text_chars: int = Field(8192, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=64)
     dedup_window: int = Field(100_000, ge=1)
+    dedup_prime_records: int = Field(1000, ge=0)
+    """Records read back per partition taken over from another member, to know its recent ids."""
     # Batching
     batch_size: int = Field(16, ge=1)
     max_wait_ms: int = Field(1000, ge=0)

@@ -107,6 +107,8 @@ class KafkaSource(Source):
             ) from exc
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         self._commit_timeout_ms = 10_000
+        self._config = config
+        self._starts: dict[TP, int] = {}  # where each assigned partition started
         self._committed: dict[TP, int] = {}
         self._pending_seeks: dict[TP, int] = {}
         self._end_cache: dict[TP, int] = {}
@@ -197,7 +199,10 @@ class KafkaSource(Source):
         """True while a broker connection is up and the group coordinator is known."""
         try:
             client = self._consumer._client
-            up = any(client.connected(b.nodeId) for b in client.cluster.brokers())
+            nodes = [
+                getattr(b, "node_id", getattr(b, "nodeId", None)) for b in client.cluster.brokers()
+            ]
+            up = any(client.connected(n) for n in nodes if n is not None)
             return bool(up) and not self._consumer._coordinator.coordinator_unknown()
         except Exception:  # noqa: BLE001 - private API changed: do not claim an outage
             return True
@@ -232,6 +237,11 @@ class KafkaSource(Source):
         for tp in assigned:
             off = self._pending_seeks.pop((tp.topic, tp.partition), None)
             committed = self._committed_offset(tp)
+            start = committed if off is None else max(off, committed or 0)
+            if start is not None:
+                self._starts[(tp.topic, tp.partition)] = start
+            else:
+                self._starts.pop((tp.topic, tp.partition), None)
             if off is None:
                 log.info(
                     "%s[%d]: no checkpoint covers it; starting from the group's committed offset "
@@ -254,6 +264,43 @@ class KafkaSource(Source):
             else:
                 log.info("%s[%d]: seeking to %d from the checkpoint", tp.topic, tp.partition, off)
                 self._consumer.seek(tp, off)
+
+    def read_back(self, tp: TP, count: int, timeout_s: float = 10.0) -> list[bytes | None]:
+        """Values of up to ``count`` records just before where ``tp`` started being read.
+
+        Read with a separate, group-less consumer (nothing is committed or consumed for the
+        group). Used to prime the de-duplication window of a partition taken over from another
+        member. Empty when the partition started at its beginning or the broker does not answer.
+        """
+        before = self._starts.get(tp)
+        if before is None or before <= 0 or count <= 0:
+            return []
+        ktp = TopicPartition(*tp)
+        reader = None
+        out: list[bytes | None] = []
+        try:
+            reader = KafkaConsumer(
+                group_id=None,
+                enable_auto_commit=False,
+                max_poll_records=min(count, 2000),
+                **client_options(self._config),
+            )
+            reader.assign([ktp])
+            begin = reader.beginning_offsets([ktp], timeout_ms=int(timeout_s * 1000))[ktp]
+            start = max(begin, before - count)
+            if start >= before:
+                return []
+            reader.seek(ktp, start)
+            deadline = time.monotonic() + timeout_s
+            while reader.position(ktp) < before and time.monotonic() < deadline:
+                for records in reader.poll(timeout_ms=200).values():
+                    out.extend(r.value for r in records if r.offset < before)
+        except KafkaError as exc:
+            log.warning("%s[%d]: could not read back recent records: %s", tp[0], tp[1], exc)
+        finally:
+            if reader is not None:
+                reader.close(autocommit=False)
+        return out
 
     def _committed_offset(self, tp: TopicPartition) -> int | None:
         try:

@@ -30,6 +30,7 @@ capped exponential backoff while the loop keeps polling, and ``/readyz`` says no
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import queue
@@ -39,8 +40,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from learner.base import Example, TensorBatch
 from learner.checkpoint import CheckpointManager
@@ -79,6 +78,8 @@ class PipelineSettings:
     checkpoint_every_steps: int = 100
     checkpoint_every_s: float = 60.0
     shutdown_timeout_s: float = 30.0
+    pause_after_s: float = 1.0
+    dedup_prime_records: int = 1000
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
 
@@ -190,6 +191,9 @@ class Pipeline:
         self._commit_retry_at = 0.0
         self._commit_backoff = s.commit_backoff_s
         self._paused = False
+        self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
+        self._ready_since: float | None = None
+        self._next_lag_at = 0.0
         self._running = False
         self._connected = True
         self._stop = threading.Event()
@@ -227,14 +231,19 @@ class Pipeline:
             while not self._stop.is_set():
                 self.health.beat()
                 self._collect(block=False)
-                self._pump()
+                if self._ready:  # training is behind: wait for queue room, not for records
+                    self._pump(wait_s=0.2)
                 self._backpressure()
                 self._check_connection()
-                timeout = 0.05 if self._paused else s.poll_timeout_s
-                left = self.batcher.time_left_s()
-                if left is not None:
-                    timeout = min(timeout, max(0.0, left))
-                records = self.source.poll(timeout, max_records=self._room())
+                records: list[Record] = []
+                if self._paused:
+                    self.source.poll(0.0, max_records=1)  # keeps the membership; no records
+                elif not self._ready:
+                    timeout = s.poll_timeout_s
+                    left = self.batcher.time_left_s()
+                    if left is not None:
+                        timeout = min(timeout, max(0.0, left))
+                    records = self.source.poll(timeout, max_records=self._room())
                 now = time.monotonic()
                 if records or self._paused or self._ready or self._in_flight:
                     last_data = now  # not idle while work is pending
@@ -372,31 +381,52 @@ class Pipeline:
         )
         self._pump()
 
-    def _pump(self, block: bool = False, deadline: float | None = None) -> None:
-        """Move closed batches to the tokenize stage while its queue has room."""
+    def _pump(
+        self, wait_s: float = 0.0, block: bool = False, deadline: float | None = None
+    ) -> None:
+        """Move closed batches to the tokenize stage, waiting up to ``wait_s`` for room.
+
+        With ``block`` it waits until all are queued, collecting results meanwhile.
+        """
+        until = time.monotonic() + wait_s
         while self._ready:
             try:
                 self._tok_q.put_nowait(self._ready[0])
             except queue.Full:
-                if not block:
+                left = until - time.monotonic()
+                if not block and left <= 0:
                     return
-                self.health.beat()
-                self._collect(block=False)
-                if deadline is not None and time.monotonic() > deadline:
-                    self._abandon.set()
-                time.sleep(0.01)
-                continue
+                try:
+                    timeout = 0.1 if block else max(0.001, min(left, 0.1))
+                    self._tok_q.put(self._ready[0], timeout=timeout)
+                except queue.Full:
+                    if block:
+                        self.health.beat()
+                        self._collect(block=False)
+                        if deadline is not None and time.monotonic() > deadline:
+                            self._abandon.set()
+                    continue
             self._ready.popleft()
             self._in_flight += 1
+        self._ready_since = None
 
     def _backpressure(self) -> None:
-        """Pause the source while closed batches wait for room; resume once they are queued."""
-        if self._ready and not self._paused:
-            self.source.pause()
-            self._paused = True
-            self.metrics.consumer_paused.set(1)
-            log.debug("training is behind: consumption paused")
-        elif not self._ready and self._paused:
+        """Pause the source once closed batches have waited ``pause_after_s`` for room.
+
+        A short wait just holds off the next poll; a long one (a slow step) pauses every
+        partition so the loop can keep polling — a Kafka member stays in its group however
+        long the step takes — without taking in more records. Resumes once they are queued.
+        """
+        if self._ready:
+            now = time.monotonic()
+            if self._ready_since is None:
+                self._ready_since = now
+            if not self._paused and now - self._ready_since >= self.settings.pause_after_s:
+                self.source.pause()
+                self._paused = True
+                self.metrics.consumer_paused.set(1)
+                log.debug("training is behind: consumption paused")
+        elif self._paused:
             self.source.resume()
             self._paused = False
             self.metrics.consumer_paused.set(0)
@@ -630,6 +660,7 @@ class Pipeline:
                 "next owner may read some events again",
                 _fmt(self._commit_due),
             )
+        self._owned_before = set(revoked) | set(self._applied)
         for tp in revoked:
             self._applied.pop(tp, None)
             self._restored.pop(tp, None)
@@ -639,7 +670,23 @@ class Pipeline:
         self._uncheckpointed = self.checkpoints is not None  # the next checkpoint drops them
 
     def _on_assign(self, assigned: list[TopicPartition]) -> None:
+        """Prime the de-duplication window of partitions taken over from another member."""
         self.metrics.rebalances.labels(event="assigned").inc()
+        want = self.settings.dedup_prime_records
+        for tp in assigned:
+            if want <= 0 or tp in self._applied or tp in self._owned_before:
+                continue  # our own checkpoint or window already covers it
+            ids = [i for i in map(_event_id, self.source.read_back(tp, want)) if i is not None]
+            for event_id in ids:
+                self.dedup.check_and_add(event_id)
+            if ids:
+                log.info(
+                    "%s:%d: de-duplication window primed with %d event ids read back",
+                    tp[0],
+                    tp[1],
+                    len(ids),
+                )
+        self._owned_before = set()
 
     def _shutdown(self) -> None:
         """Settle within ``shutdown_timeout_s``, checkpoint, commit, stop the stages."""
@@ -734,13 +781,13 @@ class Pipeline:
         m, s = self.metrics, self.summary
         now = time.time()
         cand, base = result.candidate, result.baseline
-        self.prequential.update(
-            base.loss.tolist(), cand.loss.tolist(), base.correct.tolist(), cand.correct.tolist()
-        )
-        defined = ~torch.isnan(cand.correct)
-        s.scored += int(defined.sum())
-        s.baseline_correct += float(base.correct[defined].sum())
-        s.candidate_correct += float(cand.correct[defined].sum())
+        base_correct, cand_correct = base.correct.tolist(), cand.correct.tolist()
+        self.prequential.update(base.loss.tolist(), cand.loss.tolist(), base_correct, cand_correct)
+        for bc, cc in zip(base_correct, cand_correct, strict=True):
+            if cc == cc:  # not NaN: the example has a right answer
+                s.scored += 1
+                s.baseline_correct += bc
+                s.candidate_correct += cc
         m.batch_size.observe(result.batch_size)
         m.step_duration.observe(result.duration_s)
         if result.applied:
@@ -768,8 +815,10 @@ class Pipeline:
         m.learning_rate.set(self.learner.optimizer.param_groups[0]["lr"])
         m.param_distance.set(self.learner.param_distance())
         m.device_memory.set(self.learner.device_memory_bytes())
-        for (topic, partition), lag in self.source.lag().items():
-            m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+        if time.monotonic() >= self._next_lag_at:  # at most once a second: it may ask the broker
+            self._next_lag_at = time.monotonic() + 1.0
+            for (topic, partition), lag in self.source.lag().items():
+                m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         if self.governor is not None:
             self.governor.after_step(
                 result, batch.features, getattr(self.learner.objective, "tokenizer", None)
@@ -801,6 +850,18 @@ def _unusable(detail: str) -> Rejection:
     return Rejection(
         RejectReason.BAD_VALUE, f"event is valid but cannot train the objective: {detail}"
     )
+
+
+def _event_id(value: bytes | None) -> str | None:
+    """The ``event_id`` of a raw event, or None when it has none (any malformed input)."""
+    if not value:
+        return None
+    try:
+        obj = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    event_id = obj.get("event_id") if isinstance(obj, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
 
 
 def _fmt(offsets: dict[TopicPartition, int]) -> str:

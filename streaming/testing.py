@@ -98,6 +98,12 @@ class MemorySource(Source):
         self._appended: list[Record] = []
         self._closed = False
         self.commit_log: list[dict[TopicPartition, int]] = []
+        self._paused = False
+        self._delivered = 0
+        self._rebalance_at: list[int] = []
+        self._on_revoke: Callable[[list[TopicPartition]], None] | None = None
+        self._on_assign: Callable[[list[TopicPartition]], None] | None = None
+        self.rebalances = 0
         """Every :meth:`commit` call's offsets, in order (for asserting when commits happen)."""
         for partition in range(partitions):
             self._add_partition((topic, partition))
@@ -194,6 +200,13 @@ class MemorySource(Source):
             raise RuntimeError("MemorySource.poll called after close()")
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
+        if self._rebalance_at and self._delivered >= self._rebalance_at[0]:
+            self._rebalance_at.pop(0)
+            self._rebalance()
+        if self._paused:
+            return []
+        if self._rebalance_at:
+            max_records = min(max_records, max(1, self._rebalance_at[0] - self._delivered))
         cursors = {
             tp: bisect.bisect_left(self._log_offsets[tp], self._positions[tp])
             for tp in sorted(self._logs)
@@ -213,7 +226,49 @@ class MemorySource(Source):
                 if cursors[tp] < len(log):
                     still_active.append(tp)
             active = still_active
+        self._delivered += len(out)
         return out
+
+    # -- rebalances and backpressure (as a Kafka consumer-group member sees them) --------------
+    def schedule_rebalance(self, after_records: int) -> None:
+        """Simulate an eager rebalance at the first poll after ``after_records`` were delivered.
+
+        Every partition is revoked (the revoke hook runs), positions go back to the committed
+        offsets (0 where none) as for a newly assigned partition, then the assign hook runs.
+        """
+        self._rebalance_at = sorted([*self._rebalance_at, after_records])
+
+    def _rebalance(self) -> None:
+        tps = sorted(self._logs)
+        self.rebalances += 1
+        if self._on_revoke is not None:
+            self._on_revoke(tps)
+        self._paused = False
+        self._positions = {tp: self._committed.get(tp, 0) for tp in tps}
+        if self._on_assign is not None:
+            self._on_assign(tps)
+
+    def set_rebalance_hooks(
+        self,
+        on_revoke: Callable[[list[TopicPartition]], None] | None,
+        on_assign: Callable[[list[TopicPartition]], None] | None,
+    ) -> None:
+        """Hooks run by :meth:`schedule_rebalance`'s simulated rebalance."""
+        self._on_revoke = on_revoke
+        self._on_assign = on_assign
+
+    def pause(self) -> None:
+        """:meth:`poll` returns nothing until :meth:`resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._paused
 
     def _check_offsets(self, offsets: Mapping[TopicPartition, int], verb: str) -> None:
         ends = self.end_offsets()

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,6 +382,55 @@ def kill_trials(
         produced = feeder.stop()
     last = Sidecar(config, "sidecar drain", workdir / "drain.log")
     return produced, last, delays
+
+
+class LocalBroker:
+    """A second Kafka broker (deploy/local/kafka.sh on another port) that a test may stop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.bootstrap = f"127.0.0.1:{port}"
+        self._env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(port + 1)}
+
+    def _run(self, verb: str, **env: str) -> None:
+        subprocess.run(
+            [str(REPO / "deploy" / "local" / "kafka.sh"), verb],
+            env={**self._env, **env},
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+
+    def start(self, fresh: bool = False) -> None:
+        """Start it (a fresh, empty cluster with ``fresh``); returns once it answers."""
+        self._run("start", **({"KAFKA_RESET": "1"} if fresh else {}))
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after the script's timeout); data is kept."""
+        self._run("stop")
+
+
+def http_status(url: str) -> tuple[int, str]:
+    """``(status, body)`` of a GET, 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def wait_until(what: str, check: Any, timeout: float, every: float = 0.3) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
 
 
 def _main() -> int:

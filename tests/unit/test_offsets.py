@@ -1,0 +1,67 @@
+"""The applied-offset ledger: ranges merge, overlaps are recorded, JSON round trip, union check."""
+
+from __future__ import annotations
+
+from streaming.offsets import Ledger, Segment, check_ledgers, event_digest, parse_tp_key, tp_key
+
+T0, T1 = ("feedback", 0), ("feedback", 1)
+
+
+def test_adjacent_ranges_merge_and_counters_add_up():
+    ledger = Ledger()
+    ledger.apply({T0: (0, 10), T1: (0, 4)}, trained_ids=["a", "b"], rejected=3, duplicates=1)
+    ledger.apply({T0: (10, 25)}, trained_ids=["c"], skipped=0)
+    assert ledger.ranges == {T0: [[0, 25]], T1: [[0, 4]]}
+    assert (ledger.trained, ledger.rejected, ledger.duplicates) == (3, 3, 1)
+    assert ledger.digest == event_digest(["c", "b", "a"])
+    assert ledger.violations == [] and ledger.covered(T0) == 25
+
+
+def test_an_overlap_is_recorded_and_a_gap_kept_as_a_separate_range():
+    ledger = Ledger()
+    ledger.apply({T0: (0, 10)})
+    ledger.apply({T0: (8, 12)})  # 8 and 9 applied twice
+    ledger.apply({T0: (20, 30)})  # 12..19 never applied by this ledger
+    assert [v.to_json() for v in ledger.violations] == [["overlap", "feedback:0", 8, 10]]
+    assert ledger.ranges[T0] == [[0, 12], [20, 30]]
+
+
+def test_json_round_trip_keeps_everything():
+    ledger = Ledger()
+    ledger.apply({("a:b", 3): (5, 9)}, trained_ids=["x"], skipped=2, rejected=1)
+    ledger.apply({("a:b", 3): (7, 8)})
+    again = Ledger.from_json(ledger.to_json())
+    assert again.to_json() == ledger.to_json()
+    assert parse_tp_key(tp_key(("a:b", 3))) == ("a:b", 3)
+    assert Ledger.from_json(None).to_json() == Ledger().to_json()
+
+
+def test_digest_changes_when_an_event_is_missing_or_doubled():
+    ids = [f"e{i}" for i in range(100)]
+    assert event_digest(reversed(ids)) == event_digest(ids)
+    assert event_digest(ids[:-1]) != event_digest(ids)
+    assert event_digest([*ids, "e7"]) != event_digest(ids)
+
+
+def test_check_ledgers_finds_gaps_overlaps_between_ledgers_and_overruns():
+    a, b = Ledger(), Ledger()
+    a.apply({T0: (0, 50)})
+    b.apply({T0: (50, 100), T1: (0, 10)})
+    assert check_ledgers([a, b], {T0: 100, T1: 10}) == []
+    assert check_ledgers([a, b], {T0: 100, T1: 12}) == [
+        "feedback:1: offsets [10, 12) applied by no ledger"
+    ]
+    c = Ledger()
+    c.apply({T0: (40, 60)})
+    problems = check_ledgers([a, b, c], {T0: 100, T1: 10})
+    assert any("applied twice" in p for p in problems)
+    assert check_ledgers([a], {T0: 40}) == ["feedback:0: ledger reaches 50, past the end 40"]
+
+
+def test_segment_tracks_first_read_and_next_offset_per_partition():
+    seg = Segment()
+    assert seg.empty
+    seg.read(T0, 7)
+    seg.read(T1, 3)
+    seg.read(T0, 9)  # a gap inside a partition (compaction) stays inside the range
+    assert seg.ranges() == {T0: (7, 10), T1: (3, 4)}
