@@ -191,6 +191,8 @@ class Pipeline:
         self._commit_retry_at = 0.0
         self._commit_backoff = s.commit_backoff_s
         self._paused = False
+        self._started = time.monotonic()
+        self._was_disconnected = False
         self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
         self._ready_since: float | None = None
         self._next_lag_at = 0.0
@@ -223,6 +225,7 @@ class Pipeline:
         last_data = started
         last_log = started
         self._running = True
+        self._started = time.monotonic()
         self._tokenizer.start()
         self._trainer.start()
         self._set_ready()
@@ -618,11 +621,15 @@ class Pipeline:
         connected = self.source.connected()
         if connected != self._connected:
             self._connected = connected
-            if connected:
+            if connected and self._was_disconnected:
                 log.info("broker reachable again; resuming")
-            else:
+            elif not connected and self._running_since_s() > 5.0:  # not while still joining
+                self._was_disconnected = True
                 log.warning("broker unreachable; the client reconnects with capped backoff")
             self._set_ready()
+
+    def _running_since_s(self) -> float:
+        return time.monotonic() - self._started
 
     def _set_ready(self) -> None:
         self.metrics.broker_connected.set(1 if self._connected else 0)
@@ -716,6 +723,9 @@ class Pipeline:
         # After a clean settle the queues are empty; after a failure a stage may have returned.
         self._abandon.set()
         for q in (self._tok_q, self._inbox):
+            with contextlib.suppress(queue.Empty):
+                while True:  # batches never started: nothing collects them any more
+                    q.get_nowait()
             with contextlib.suppress(queue.Full):
                 q.put_nowait(None)
         for thread in (self._tokenizer, self._trainer):
