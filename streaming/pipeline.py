@@ -667,7 +667,7 @@ class Pipeline:
                 "next owner may read some events again",
                 _fmt(self._commit_due),
             )
-        self._owned_before = set(revoked) | set(self._applied)
+        self._owned_before = set(self._applied)  # read and applied here: our window has them
         for tp in revoked:
             self._applied.pop(tp, None)
             self._restored.pop(tp, None)

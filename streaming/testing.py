@@ -101,6 +101,7 @@ class MemorySource(Source):
         self._paused = False
         self._delivered = 0
         self._rebalance_at: list[int] = []
+        self._starts: dict[TopicPartition, int] = {}
         self._on_revoke: Callable[[list[TopicPartition]], None] | None = None
         self._on_assign: Callable[[list[TopicPartition]], None] | None = None
         self.rebalances = 0
@@ -245,8 +246,16 @@ class MemorySource(Source):
             self._on_revoke(tps)
         self._paused = False
         self._positions = {tp: self._committed.get(tp, 0) for tp in tps}
+        self._starts = dict(self._positions)
         if self._on_assign is not None:
             self._on_assign(tps)
+
+    def read_back(self, tp: TopicPartition, count: int) -> list[bytes | None]:
+        """Values of up to ``count`` records before where ``tp`` restarted at the last rebalance."""
+        start = self._starts.get(tp, 0)
+        if count <= 0:
+            return []
+        return [r.value for r in self._logs.get(tp, []) if r.offset < start][-count:]
 
     def set_rebalance_hooks(
         self,

@@ -175,3 +175,21 @@ def test_backpressure_pauses_the_source_and_memory_stays_bounded(tiny_parts, obj
     assert max(n for n, _ in seen_ready) <= 500 // 4
     assert seen_ready[-1][0] == 0
     assert pipe.summary.trained_examples == 40
+
+
+@pytest.mark.parametrize("prime", [1000, 0])
+def test_a_partition_taken_over_primes_the_dedup_window_by_reading_back(
+    tiny_parts, objective, prime
+):
+    # Another member applied offsets 0..19 and committed 20; event 5 is redelivered at 30.
+    values = [*EVENTS[:30], EVENTS[5], *EVENTS[30:40]]
+    source = MemorySource(values)
+    source.commit({("feedback", 0): 20})
+    source.schedule_rebalance(after_records=0)  # this member is assigned the partition
+    pipe = _pipe(_learner(tiny_parts, objective), source, None, dedup_prime_records=prime)
+    summary = pipe.run()
+    assert summary.consumed == len(values) - 20
+    if prime:
+        assert summary.duplicates == 1 and summary.trained_examples == 20
+    else:  # without priming the redelivery is trained a second time (by this member)
+        assert summary.duplicates == 0 and summary.trained_examples == 21
