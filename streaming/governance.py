@@ -347,6 +347,15 @@ class Governor:
             self.inputs.load_state_dict(state["inputs"])
         self.events = int(state["events"])
         self.steps = int(state["steps"])
+        saved = state.get("live_version")
+        if saved is not None and self.live_version is not None and saved != self.live_version:
+            log.warning(
+                "the checkpoint was taken with version %s live but the store's LIVE is %s "
+                "(switched while this sidecar was down?); the weights come from the checkpoint. "
+                "To start from LIVE instead, move the checkpoint directory away and restart",
+                saved,
+                self.live_version,
+            )
 
 
 def _errors(correct: Sequence[float]) -> list[float]:

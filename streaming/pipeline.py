@@ -183,6 +183,8 @@ class Pipeline:
             queue.Queue()
         )
         self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
+        # queued for tokenizing + being tokenized + queued for training + being trained
+        self._max_in_flight = 2 * s.queue_batches + 2
         self._dlq_dirty = False
         self._uncheckpointed = False
         self._steps_since_checkpoint = 0
@@ -191,6 +193,10 @@ class Pipeline:
         self._commit_retry_at = 0.0
         self._commit_backoff = s.commit_backoff_s
         self._paused = False
+        self._switched = False
+        self._checkpointing = False
+        self._may_step = threading.Event()
+        self._may_step.set()
         self._started = time.monotonic()
         self._was_disconnected = False
         self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
@@ -393,6 +399,17 @@ class Pipeline:
         """
         until = time.monotonic() + wait_s
         while self._ready:
+            if self._in_flight >= self._max_in_flight:  # bounds results waiting to be handled
+                self._collect(block=False)
+                if self._in_flight >= self._max_in_flight:
+                    left = until - time.monotonic()
+                    if not block and left <= 0:
+                        return
+                    self.health.beat()
+                    self._collect_one(0.05 if block else max(0.001, min(left, 0.05)))
+                    if block and deadline is not None and time.monotonic() > deadline:
+                        self._abandon.set()
+                    continue
             try:
                 self._tok_q.put_nowait(self._ready[0])
             except queue.Full:
@@ -456,23 +473,36 @@ class Pipeline:
                 if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
                     raise PipelineError("a pipeline stage died without a result") from None
                 continue
-            self._in_flight -= 1
-            if isinstance(result, _Abandoned):
-                self._give_up(batch)
-                continue
-            if isinstance(result, BaseException):
-                raise PipelineError(
-                    f"the step failed ({type(result).__name__}: {result}); offsets of the failed "
-                    "batch were not committed, so its events will be read again on restart"
-                ) from result
-            self._after_step(batch, result)
-            self._apply(batch.segment, stepped=result.applied)
-            self._steps_since_checkpoint += 1
-            if (
-                self.checkpoints is not None
-                and self._steps_since_checkpoint >= self.settings.checkpoint_every_steps
-            ):
-                self._checkpoint()
+            self._handle(batch, result)
+
+    def _collect_one(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for one result and handle it."""
+        try:
+            batch, result = self._outbox.get(timeout=timeout)
+        except queue.Empty:
+            if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
+                raise PipelineError("a pipeline stage died without a result") from None
+            return
+        self._handle(batch, result)
+
+    def _handle(self, batch: _Batch, result: StepResult | BaseException | _Abandoned) -> None:
+        """Account for one finished batch: monitors, ledger, maybe a checkpoint."""
+        self._in_flight -= 1
+        if isinstance(result, _Abandoned):
+            self._give_up(batch)
+            return
+        if isinstance(result, BaseException):
+            raise PipelineError(
+                f"the step failed ({type(result).__name__}: {result}); offsets of the failed "
+                "batch were not committed, so its events will be read again on restart"
+            ) from result
+        self._after_step(batch, result)
+        self._apply(batch.segment, stepped=result.applied)
+        self._steps_since_checkpoint += 1
+        if self.checkpoints is not None and (
+            self._switched or self._steps_since_checkpoint >= self.settings.checkpoint_every_steps
+        ):
+            self._switched = not self._checkpoint()
 
     def _give_up(self, batch: _Batch) -> None:
         seg = batch.segment
@@ -551,25 +581,42 @@ class Pipeline:
     def _checkpoint(self) -> bool:
         """Write a checkpoint covering every applied segment, then commit its offsets.
 
-        Taken under the learner lock with no finished-but-uncollected step, so the weights in
-        it are exactly those that the saved offsets account for. Returns False when it had to
-        wait for such a step (the next collect checkpoints after it).
+        The training stage is held between steps meanwhile; the step in flight finishes and
+        its result is collected first, so the weights saved are exactly those that the saved
+        offsets account for. Returns False when it could not be taken now (called from within
+        a checkpoint, or the stages kept producing results); the next collect tries again.
         """
         assert self.checkpoints is not None
         if not self._uncheckpointed:
             return True
-        with self.learner_lock:
-            if not self._outbox.empty():
-                return False
-            offsets = dict(self._applied)
-            unapplied = self._unapplied_ids
-            extra = {
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
-                "ledger": self.ledger.to_json(),
-                "dedup": [i for i in self.dedup.snapshot() if i not in unapplied],
-                "governor": self.governor.state_dict() if self.governor is not None else None,
-            }
-            self.checkpoints.save(self.learner, extra)  # type: ignore[arg-type]
+        if self._checkpointing:
+            return False
+        self._checkpointing = True
+        self._may_step.clear()  # no new step starts until the checkpoint is written
+        saved = False
+        try:
+            for _ in range(4):
+                with self.learner_lock:
+                    if self._outbox.empty():
+                        offsets = dict(self._applied)
+                        unapplied = self._unapplied_ids
+                        extra = {
+                            "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                            "ledger": self.ledger.to_json(),
+                            "dedup": [i for i in self.dedup.snapshot() if i not in unapplied],
+                            "governor": (
+                                self.governor.state_dict() if self.governor is not None else None
+                            ),
+                        }
+                        self.checkpoints.save(self.learner, extra)  # type: ignore[arg-type]
+                        saved = True
+                        break
+                self._collect(block=False)  # the step that finished meanwhile
+        finally:
+            self._may_step.set()
+            self._checkpointing = False
+        if not saved:
+            return False
         self._uncheckpointed = False
         self._steps_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -722,6 +769,7 @@ class Pipeline:
     def _stop_stages(self) -> None:
         # After a clean settle the queues are empty; after a failure a stage may have returned.
         self._abandon.set()
+        self._may_step.set()
         for q in (self._tok_q, self._inbox):
             with contextlib.suppress(queue.Empty):
                 while True:  # batches never started: nothing collects them any more
@@ -773,6 +821,7 @@ class Pipeline:
             if self._abandon.is_set():
                 self._outbox.put((batch, _ABANDONED))
                 continue
+            self._may_step.wait()  # held while a checkpoint is being written
             try:
                 assert batch.tensors is not None
                 with self.learner_lock:
@@ -830,9 +879,12 @@ class Pipeline:
             for (topic, partition), lag in self.source.lag().items():
                 m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         if self.governor is not None:
+            live = self.governor.live_version
             self.governor.after_step(
                 result, batch.features, getattr(self.learner.objective, "tokenizer", None)
             )
+            if self.governor.live_version != live:
+                self._switched = True  # checkpoint right after it: a restart must not undo it
         if self.on_progress is not None:
             self.on_progress(s)
 

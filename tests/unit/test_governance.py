@@ -108,3 +108,33 @@ def test_rollback_restores_the_previous_version_in_both_models(tiny_parts, objec
         assert torch.allclose(value, first[name]), name
         assert torch.allclose(learner.candidate.state_dict()[name], first[name]), name
     assert json.loads(sink.by_topic("feedstep.model-updates")[-1].value)["action"] == "rollback"
+
+
+def test_a_promotion_is_checkpointed_at_once(tiny_parts, objective, tmp_path):
+    from learner.checkpoint import CheckpointManager
+
+    store = ModelStore(tmp_path / "store")
+    learner = Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3))
+    governor = Governor(learner, store, MemorySink(), Metrics(), GovernanceSettings(gate=GATE))
+    governor.ensure_initial_version(objective.tokenizer)
+    ckpt = CheckpointManager(tmp_path / "ckpt", keep=50)
+    settings = PipelineSettings(
+        batch_size=16, checkpoint_every_steps=10_000, checkpoint_every_s=3600.0
+    )
+    source = MemorySource(list(SimulatedFeedback(seed=1).payloads(700)))
+    Pipeline(
+        source, MemorySink(), learner, Metrics(), settings, governor=governor, checkpoints=ckpt
+    ).run()
+    promotions = [e for e in governor.history if e.kind == "promote"]
+    assert promotions
+    saved = [json.loads((p / "extra.json").read_text())["governor"] for p in ckpt.checkpoints()]
+    # No step-count or timed checkpoint could happen: every one but the final one was taken at
+    # the first consistent moment after a switch (at most the batches in flight later), with
+    # the new LIVE version in it.
+    switches = [e for e in governor.history if e.kind in ("promote", "rollback")]
+    in_flight = (2 * settings.queue_batches + 2) * settings.batch_size
+    assert len(saved) >= len(switches)
+    for switch in switches:
+        after = [g for g in saved if g["live_version"] == switch.detail["to"]]
+        assert after, f"no checkpoint with version {switch.detail['to']} live"
+        assert switch.index <= after[0]["events"] <= switch.index + in_flight
