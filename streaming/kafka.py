@@ -45,6 +45,19 @@ def client_options(config: FeedstepConfig) -> dict[str, Any]:
     return opts
 
 
+def to_record(tp: TopicPartition, r: Any) -> Record:
+    """A kafka-python ``ConsumerRecord`` of ``tp`` as feedstep's :class:`Record`."""
+    return Record(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=r.offset,
+        key=r.key,
+        value=r.value,
+        timestamp_ms=r.timestamp,
+        headers=tuple((k, v or b"") for k, v in (r.headers or ())),
+    )
+
+
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Runs the source's rebalance work in a worker thread while the client's IO loop waits.
 
@@ -117,21 +130,7 @@ class KafkaSource(Source):
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
         """Records from the assigned partitions, in offset order per partition."""
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        out: list[Record] = []
-        for tp, records in batches.items():
-            for r in records:
-                out.append(
-                    Record(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=r.offset,
-                        key=r.key,
-                        value=r.value,
-                        timestamp_ms=r.timestamp,
-                        headers=tuple((k, v or b"") for k, v in (r.headers or ())),
-                    )
-                )
-        return out
+        return [to_record(tp, r) for tp, records in batches.items() for r in records]
 
     def set_rebalance_hooks(
         self,

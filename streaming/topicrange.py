@@ -26,7 +26,7 @@ from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
 from streaming.errors import BrokerUnavailable, FeedstepError, SourceError
-from streaming.kafka import client_options
+from streaming.kafka import client_options, to_record
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +230,7 @@ class TopicRangeSource(Source):
                     continue
                 if r.offset >= end:
                     break
-                out.append(
-                    Record(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=r.offset,
-                        key=r.key,
-                        value=r.value,
-                        timestamp_ms=r.timestamp,
-                        headers=tuple((k, v or b"") for k, v in (r.headers or ())),
-                    )
-                )
+                out.append(to_record(tp, r))
                 self._position[tp.partition] = r.offset + 1
         self._close_finished()
         return out
