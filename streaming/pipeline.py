@@ -174,7 +174,6 @@ class Pipeline:
         self.ledger = Ledger()
         self._segment = Segment()  # read since the last batch closed
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
-        self._restored: dict[TopicPartition, int] = {}  # the checkpoint's offsets, for logs
         self._unapplied_ids: set[str] = set()  # in the dedup window, not yet applied
         self._ready: deque[_Batch] = deque()  # closed batches waiting for queue room
         self._tok_q: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
@@ -218,11 +217,6 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the loop to finish the step in flight, commit and return (signal-safe)."""
         self._stop.set()
-
-    @property
-    def applied_offsets(self) -> dict[TopicPartition, int]:
-        """Next offset per partition that the model state accounts for."""
-        return dict(self._applied)
 
     def run(self) -> RunSummary:
         """Run until a stop condition, then settle (step, checkpoint, commit) and return."""
@@ -557,7 +551,6 @@ class Pipeline:
         offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
         self.source.seek(offsets)
         self._applied.update(offsets)
-        self._restored = dict(offsets)
         self.ledger = Ledger.from_json(extra.get("ledger"))
         self.dedup = Deduplicator.restore(extra.get("dedup", []), self.settings.dedup_window)
         if self.governor is not None and extra.get("governor") is not None:
@@ -717,7 +710,6 @@ class Pipeline:
         self._owned_before = set(self._applied)  # read and applied here: our window has them
         for tp in revoked:
             self._applied.pop(tp, None)
-            self._restored.pop(tp, None)
         if self._commit_due is not None:
             self._commit_due = {tp: o for tp, o in self._commit_due.items() if tp not in revoked}
             self._commit_due = self._commit_due or None
