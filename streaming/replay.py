@@ -332,18 +332,9 @@ def _plot(report: dict[str, Any], out: Path) -> list[Path]:
     x = series["event_index"]
     ax.plot(x, values("baseline_loss"), label="baseline", color="tab:blue")
     ax.plot(x, values("candidate_loss"), label="candidate", color="tab:purple")
-    _marks(ax, report)
     window = report["config"].get("prequential_window")
-    ax.set_title(f"Prequential loss (windowed over {window} events), test-then-train")
-    ax.set_xlabel("event index (events scored)")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    path = out / "prequential_loss.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    title = f"Prequential loss (windowed over {window} events), test-then-train"
+    written.append(_finish(fig, ax, report, title, "loss", out / "prequential_loss.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
     gx = series["gate_event_index"]
@@ -355,15 +346,22 @@ def _plot(report: dict[str, Any], out: Path) -> list[Path]:
         color="black",
         linestyle="--",
     )
+    title = "Promotion gate: sequential test statistic (promote needs all checks)"
+    written.append(_finish(fig, ax, report, title, "log LR", out / "gate_statistic.png"))
+    return written
+
+
+def _finish(fig: Any, ax: Any, report: dict[str, Any], title: str, ylabel: str, path: Path) -> Path:
+    """Mark alarms and switches, label the axes, write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
     _marks(ax, report)
-    ax.set_title("Promotion gate: sequential test statistic (promote needs all checks)")
+    ax.set_title(title)
     ax.set_xlabel("event index (events scored)")
-    ax.set_ylabel("log LR")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    path = out / "gate_statistic.png"
     fig.savefig(path)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

@@ -200,6 +200,12 @@ def sidecar_config(
     return write_config(path, **values)
 
 
+def run_argv(bootstrap: str, topic: str, group: str) -> list[str]:
+    """The start of a ``feedstep run`` command line against ``topic`` as ``group``."""
+    return [sys.executable, "-m", "streaming.cli", "run", "--bootstrap-servers", bootstrap,
+            "--topic", topic, "--group-id", group]  # fmt: skip
+
+
 class Sidecar:
     """One ``feedstep run`` process; its stderr is kept (and searchable) while it runs."""
 

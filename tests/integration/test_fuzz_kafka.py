@@ -7,7 +7,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 
@@ -18,6 +17,7 @@ from kafka.admin import NewTopic
 from streaming.events import DecodeLimits
 from streaming.fuzz import fuzz_cases
 from streaming.simulate import SimulatedFeedback
+from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +70,7 @@ def test_fuzzed_topic_is_dead_lettered_and_the_sidecar_stays_up(
     env = dict(os.environ, PYTHONUNBUFFERED="1", FEEDSTEP_MAX_EVENT_BYTES=str(65_536))
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "streaming.cli",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic_name,
-            "--group-id",
-            f"g-{topic_name}",
+            *run_argv(kafka_bootstrap, topic_name, f"g-{topic_name}"),
             "--model",
             "tiny",
             "--batch-size",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -13,6 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from learner.models import load_reward_model
 from learner.store import ModelStore
 from streaming.simulate import SimulatedFeedback
+from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +40,9 @@ def test_learnable_stream_is_promoted_and_announced(kafka_bootstrap, topic_name,
     store_dir = tmp_path / "store"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "streaming.cli",
-            "run",
+            *run_argv(kafka_bootstrap, topic_name, f"g-{topic_name}"),
             "--config",
             str(config),
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic_name,
-            "--group-id",
-            f"g-{topic_name}",
             "--model",
             "tiny",
             "--batch-size",

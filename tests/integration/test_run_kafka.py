@@ -9,7 +9,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
@@ -19,6 +18,7 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from streaming.simulate import SimulatedFeedback
+from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration
 
@@ -113,16 +113,7 @@ def test_run_consumes_everything_dead_letters_rejects_and_commits(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "streaming.cli",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic_name,
-            "--group-id",
-            group,
+            *run_argv(kafka_bootstrap, topic_name, group),
             "--model",
             "tiny",
             "--batch-size",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
@@ -12,6 +11,7 @@ from kafka.admin import NewTopic
 
 from learner.store import ModelStore
 from streaming.simulate import SimulatedFeedback
+from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +34,7 @@ def test_run_starts_from_the_live_version(kafka_bootstrap, topic_name, tmp_path,
 
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "streaming.cli",
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            topic_name,
-            "--group-id",
-            f"g-{topic_name}",
+            *run_argv(kafka_bootstrap, topic_name, f"g-{topic_name}"),
             "--store",
             str(store.root),
             "--model",
