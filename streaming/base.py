@@ -94,6 +94,10 @@ class Source(abc.ABC):
         """Raw values of up to ``count`` records before where ``tp`` started; [] if unknown."""
         return []
 
+    def has_assignment(self) -> bool:
+        """False while a group member waits for partitions (joining, rebalancing)."""
+        return True
+
     def connected(self) -> bool:
         """False while the source knows it cannot reach its backend (a broker outage)."""
         return True

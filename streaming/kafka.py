@@ -194,6 +194,10 @@ class KafkaSource(Source):
         """Fetch again from every paused partition."""
         self._consumer.resume(*self._consumer.paused())
 
+    def has_assignment(self) -> bool:
+        """True once the group has assigned this member at least one partition."""
+        return bool(self._consumer.assignment())
+
     def connected(self) -> bool:
         """True while a broker connection is up and the group coordinator is known."""
         try:

@@ -248,8 +248,14 @@ class Pipeline:
                         timeout = min(timeout, max(0.0, left))
                     records = self.source.poll(timeout, max_records=self._room())
                 now = time.monotonic()
-                if records or self._paused or self._ready or self._in_flight:
-                    last_data = now  # not idle while work is pending
+                if (
+                    records
+                    or self._paused
+                    or self._ready
+                    or self._in_flight
+                    or not self.source.has_assignment()
+                ):
+                    last_data = now  # not idle while work is pending or the group is assigning
                 for record in records:
                     self._ingest(record)
                 due = self.batcher.due()
