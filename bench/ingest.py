@@ -51,6 +51,7 @@ from kafka.structs import TopicPartition  # noqa: E402
 from monitors.metrics import Metrics  # noqa: E402
 from streaming.base import Record, Source  # noqa: E402
 from streaming.config import load_config  # noqa: E402
+from streaming.fetcher import FetcherSource  # noqa: E402
 from streaming.kafka import KafkaSource  # noqa: E402
 from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.simulate import SimulatedFeedback  # noqa: E402
@@ -63,6 +64,8 @@ class Run:
     events: int
     join_s: float
     seconds: float
+    cpu_s: float = 0.0  # this process's CPU over the run
+    child_cpu_s: float = 0.0  # the fetcher process's, when there is one
 
     @property
     def rate(self) -> float:
@@ -132,6 +135,7 @@ def run_bare(bootstrap: str, topic: str, events: int, max_poll_records: int) -> 
         max_poll_records=max_poll_records,
     )
     try:
+        cpu = time.process_time()
         started = time.perf_counter()
         first = None
         count = 0
@@ -142,10 +146,17 @@ def run_bare(bootstrap: str, topic: str, events: int, max_poll_records: int) -> 
             if first is None and count:
                 first = time.perf_counter()
         done = time.perf_counter()
+        cpu = time.process_time() - cpu
     finally:
         consumer.close(autocommit=False)
     assert first is not None
-    return Run("bare", count, first - started, done - first)
+    return Run("bare", count, first - started, done - first, cpu)
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _NullCheckpoints:
@@ -166,7 +177,7 @@ class _NullCheckpoints:
 class _Clocked(Source):
     """Delegates to a source and notes when the first poll that returned records ended."""
 
-    def __init__(self, inner: KafkaSource) -> None:
+    def __init__(self, inner: Source) -> None:
         self.inner = inner
         self.first: float | None = None
 
@@ -200,6 +211,12 @@ class _Clocked(Source):
     def connected(self) -> bool:
         return self.inner.connected()
 
+    def has_assignment(self) -> bool:
+        return self.inner.has_assignment()
+
+    def read_back(self, tp, count):  # type: ignore[no-untyped-def]
+        return self.inner.read_back(tp, count)
+
     def set_rebalance_hooks(self, on_revoke, on_assign):  # type: ignore[no-untyped-def]
         self.inner.set_rebalance_hooks(on_revoke, on_assign)
 
@@ -211,6 +228,7 @@ def run_feedstep(
     batch_size: int,
     max_poll_records: int,
     commit_every_steps: int,
+    fetcher: str,
     profile: cProfile.Profile | None = None,
 ) -> Run:
     """The real Pipeline over a KafkaSource (fresh group) with a no-op learner."""
@@ -223,7 +241,7 @@ def run_feedstep(
         },
         environ={},
     )
-    source = _Clocked(KafkaSource(config))
+    source = _Clocked(FetcherSource(config) if fetcher == "process" else KafkaSource(config))
     settings = PipelineSettings(
         batch_size=batch_size,
         max_wait_ms=1000,
@@ -242,7 +260,10 @@ def run_feedstep(
         settings,
         checkpoints=checkpoints,  # type: ignore[arg-type]
     )
+    pid = getattr(source.inner, "pid", None)
     try:
+        cpu = time.process_time()
+        child_cpu = _cpu_of(pid) if pid else 0.0
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -250,6 +271,8 @@ def run_feedstep(
         if profile is not None:
             profile.disable()
         done = time.perf_counter()
+        cpu = time.process_time() - cpu
+        child_cpu = _cpu_of(pid) - child_cpu if pid else 0.0
     finally:
         source.inner.close()
     assert source.first is not None
@@ -258,7 +281,14 @@ def run_feedstep(
             f"feedstep side consumed {summary.consumed}, accepted {summary.accepted}, "
             f"trained {learner.examples} of {events}: the topic is not what the bench wrote"
         )
-    return Run("feedstep", summary.consumed, source.first - started, done - source.first)
+    return Run(
+        "feedstep",
+        summary.consumed,
+        source.first - started,
+        done - source.first,
+        cpu,
+        child_cpu,
+    )
 
 
 def main() -> int:
@@ -278,6 +308,13 @@ def main() -> int:
         default=100,
         help="feedstep commits offsets every N steps (0: after every step, no checkpoints)",
     )
+    parser.add_argument(
+        "--fetcher",
+        choices=("process", "thread"),
+        default="process",
+        help="feedstep's Kafka consumer in its own process (the default of feedstep run) or "
+        "in the pipeline's process",
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile one more feedstep run")
     parser.add_argument("--delete-topic", action="store_true", help="delete the topic at the end")
     args = parser.parse_args()
@@ -287,7 +324,10 @@ def main() -> int:
 
     ensure_topic(bootstrap, topic, args.partitions, args.events)
     runs: list[Run] = []
-    print(f"{'repeat':>6} {'side':>9} {'events':>8} {'join_s':>7} {'seconds':>8} {'events/s':>9}")
+    print(
+        f"{'repeat':>6} {'side':>9} {'events':>8} {'join_s':>7} {'seconds':>8} {'events/s':>9} "
+        f"{'cpu_s':>6} {'fetcher_cpu_s':>13}"
+    )
     for repeat in range(args.repeats):
         order = ("bare", "feedstep") if repeat % 2 == 0 else ("feedstep", "bare")
         for side in order:
@@ -301,11 +341,12 @@ def main() -> int:
                     args.batch_size,
                     args.max_poll_records,
                     args.commit_every_steps,
+                    args.fetcher,
                 )
             runs.append(run)
             print(
                 f"{repeat + 1:>6} {run.side:>9} {run.events:>8} {run.join_s:>7.2f} "
-                f"{run.seconds:>8.2f} {run.rate:>9.0f}",
+                f"{run.seconds:>8.2f} {run.rate:>9.0f} {run.cpu_s:>6.1f} {run.child_cpu_s:>13.1f}",
                 flush=True,
             )
     if args.profile:
@@ -317,6 +358,7 @@ def main() -> int:
             args.batch_size,
             args.max_poll_records,
             args.commit_every_steps,
+            args.fetcher,
             prof,
         )
         prof.dump_stats(args.profile)

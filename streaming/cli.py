@@ -342,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitors.metrics import Metrics
     from monitors.server import HealthState
     from streaming.config import load_config
-    from streaming.kafka import KafkaSink, KafkaSource
+    from streaming.kafka import KafkaSink, make_source
     from streaming.pipeline import Pipeline
 
     overrides = {
@@ -381,7 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             }
         )
         health.set_ready(False, "connecting to Kafka")
-        source = KafkaSource(config)
+        source = make_source(config)
         sink = KafkaSink(config)
         log.info(
             "consuming %s as group %s from %s; rejects go to %s",

@@ -55,6 +55,12 @@ class FeedstepConfig(BaseSettings):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     reconnect_backoff_max_ms: int = Field(10_000, ge=100)
     """Cap of the client's exponential reconnect backoff while the broker is unreachable."""
+    kafka_fetcher: Literal["process", "thread"] = "process"
+    """Where ``feedstep run``'s Kafka consumer runs: ``process`` — a child process that hands
+    records to the pipeline over a pipe, so fetching and the pipeline use two cores —, or
+    ``thread`` — inside the pipeline's process (one interpreter lock for both)."""
+    fetcher_prefetch_polls: int = Field(4, ge=1)
+    """``process`` fetcher: polls (of up to ``max_poll_records``) fetched ahead of the pipeline."""
     # Events
     max_text_chars: int = Field(8192, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=64)

@@ -356,6 +356,15 @@ class KafkaSource(Source):
         self._consumer.close(autocommit=False)
 
 
+def make_source(config: FeedstepConfig) -> Source:
+    """The feedback topic's source as ``kafka_fetcher`` says: a child process or in-process."""
+    if config.kafka_fetcher == "process":
+        from streaming.fetcher import FetcherSource
+
+        return FetcherSource(config, prefetch_polls=config.fetcher_prefetch_polls)
+    return KafkaSource(config)
+
+
 class KafkaSink(Sink):
     """A producer that waits for all in-sync replicas on flush and never drops a message.
 

@@ -1,0 +1,280 @@
+"""The Kafka consumer in its own process (``streaming.fetcher``) against the real broker.
+
+Every record once and in order, seeks dropping what was already sent, commits, rebalance hooks
+run with every earlier record handed out, pause bounding what is fetched ahead, and both
+processes ending when the other dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.structs import TopicPartition
+
+from streaming.config import load_config
+from streaming.errors import BrokerUnavailable, SourceError
+from streaming.fetcher import FetcherSource
+
+pytestmark = pytest.mark.integration
+
+
+def _fill(bootstrap: str, topic: str, partitions: int, per_partition: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for i in range(per_partition):
+        for p in range(partitions):
+            producer.send(topic, value=f"{p}:{i}".encode(), key=b"k%d" % p, partition=p)
+    producer.flush()
+    producer.close()
+
+
+def _config(bootstrap: str, topic: str, group: str | None = None, **extra):
+    return load_config(
+        overrides={
+            "bootstrap_servers": bootstrap,
+            "topic": topic,
+            "group_id": group or f"{topic}-g",
+            "max_poll_records": 100,
+            "session_timeout_ms": 10_000,
+            **extra,
+        },
+        environ={},
+    )
+
+
+def _poll_until(source, want: int, timeout_s: float = 60.0, out=None):
+    out = [] if out is None else out
+    deadline = time.monotonic() + timeout_s
+    while len(out) < want and time.monotonic() < deadline:
+        out.extend(source.poll(0.5, max_records=37))
+    return out
+
+
+def _offsets_by_partition(records) -> dict[int, list[int]]:
+    by: dict[int, list[int]] = {}
+    for r in records:
+        by.setdefault(r.partition, []).append(r.offset)
+    return by
+
+
+def _group_committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {
+            p: probe.committed(TopicPartition(topic, p))
+            for p in range(partitions)
+            if probe.committed(TopicPartition(topic, p)) is not None
+        }
+    finally:
+        probe.close(autocommit=False)
+
+
+def test_every_record_once_in_order_then_commit_and_lag(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 2, 600)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    try:
+        records = _poll_until(source, 1200)
+        assert len(records) == 1200
+        assert _offsets_by_partition(records) == {0: list(range(600)), 1: list(range(600))}
+        first = next(r for r in records if r.partition == 1 and r.offset == 5)
+        assert (first.key, first.value) == (b"k1", b"1:5")
+        assert first.timestamp_ms is not None and first.timestamp_ms > 0
+        assert source.has_assignment() and source.connected()
+        assert source.position() == {(topic_name, 0): 600, (topic_name, 1): 600}
+        source.commit({(topic_name, 0): 600, (topic_name, 1): 598})
+        assert source.committed() == {(topic_name, 0): 600, (topic_name, 1): 598}
+        deadline = time.monotonic() + 10
+        while source.lag() != {(topic_name, 0): 0, (topic_name, 1): 0}:
+            assert time.monotonic() < deadline, source.lag()
+            source.poll(0.2)
+    finally:
+        source.close()
+    assert _group_committed(kafka_bootstrap, topic_name, f"{topic_name}-g", 2) == {0: 600, 1: 598}
+
+
+def test_seek_drops_records_already_sent_and_rereads(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 1, 3000)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=4)
+    try:
+        got = _poll_until(source, 250)
+        time.sleep(1.0)  # let the child fetch ahead: several frames wait in the pipe
+        source.seek({(topic_name, 0): 100})
+        assert source.position() == {(topic_name, 0): 100}
+        after = _poll_until(source, 2900)
+        assert [r.offset for r in after] == list(range(100, 3000))
+        assert [r.offset for r in got] == list(range(len(got)))
+    finally:
+        source.close()
+
+
+def test_pause_bounds_what_is_fetched_ahead(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 2, 2000)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    try:
+        got = _poll_until(source, 10)
+        source.pause()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert source.poll(0.1) == []
+        # one frame decoded, at most prefetch_polls more in flight: not the 4000 records there
+        waiting = len(source._buffer) - source._at + 100 * source._inbox.qsize()
+        assert waiting <= 100 * 3
+        source.resume()
+        got = _poll_until(source, 4000, out=got)
+    finally:
+        source.close()
+    assert _offsets_by_partition(got) == {0: list(range(2000)), 1: list(range(2000))}
+
+
+def test_rebalance_hooks_commit_through_the_child_and_members_split_exactly(
+    kafka_bootstrap, topic_name
+):
+    """A second member joins: the first's revoke hook commits what it handed out; the union of
+    both members' records is every offset exactly once."""
+    partitions, per = 4, 1500
+    _fill(kafka_bootstrap, topic_name, partitions, per)
+    group = f"{topic_name}-g"
+    seen: dict[str, list] = {"a": [], "b": []}
+    events: list[tuple[str, str, list]] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def member(name: str, delay_s: float) -> None:
+        time.sleep(delay_s)
+        source = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+        handed: dict = {}
+
+        def on_revoke(tps):
+            events.append((name, "revoked", list(tps)))
+            source.commit({tp: handed[tp] for tp in tps if tp in handed})
+            for tp in tps:
+                handed.pop(tp, None)
+
+        def on_assign(tps):
+            events.append((name, "assigned", list(tps)))
+
+        source.set_rebalance_hooks(on_revoke, on_assign)
+        try:
+            while not stop.is_set():
+                for r in source.poll(0.2, max_records=50):
+                    assert r.tp in source._assignment, "record of a partition not assigned"
+                    seen[name].append(r)
+                    handed[r.tp] = r.offset + 1
+                    if name == "a":
+                        time.sleep(0.002)  # slow enough for b to join mid-topic
+            source.commit(handed)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            source.close()
+
+    threads = [
+        threading.Thread(target=member, args=("a", 0.0)),
+        threading.Thread(target=member, args=("b", 2.0)),
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(seen["a"]) + len(seen["b"]) < partitions * per and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # nothing more may arrive
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert any(e[:2] == ("a", "revoked") for e in events), events
+    assert seen["b"], "the second member never got records"
+    union = _offsets_by_partition(seen["a"] + seen["b"])
+    assert {p: sorted(offs) for p, offs in union.items()} == {
+        p: list(range(per)) for p in range(partitions)
+    }
+
+
+_ORPHAN = textwrap.dedent(
+    """
+    import sys, time
+    from streaming.config import load_config
+    from streaming.fetcher import FetcherSource
+    source = FetcherSource(load_config(overrides={
+        "bootstrap_servers": sys.argv[1], "topic": sys.argv[2], "group_id": sys.argv[2]
+    }, environ={}))
+    print(source.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not reaped) is gone for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_child_exits_when_the_parent_is_killed(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 1, 10)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN, kafka_bootstrap, topic_name],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while _alive(child):
+        assert time.monotonic() < deadline, "the fetcher outlived its parent"
+        time.sleep(0.1)
+
+
+def test_a_dead_child_is_a_clear_error(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 1, 10)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name))
+    try:
+        assert len(_poll_until(source, 10)) == 10
+        os.kill(source.pid, signal.SIGKILL)
+        with pytest.raises(SourceError, match="fetcher process"):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                source.poll(0.2)
+        assert not source.connected()
+        with pytest.raises(SourceError, match="fetcher process"):
+            source.commit({(topic_name, 0): 10})
+    finally:
+        source.close()
+
+
+def test_no_broker_is_broker_unavailable():
+    config = load_config(
+        overrides={"bootstrap_servers": f"127.0.0.1:{_free_port()}", "topic": "nothing"},
+        environ={},
+    )
+    with pytest.raises(BrokerUnavailable, match="no Kafka broker answers"):
+        FetcherSource(config)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
