@@ -23,6 +23,12 @@ class BrokerUnavailable(SourceError):
     retriable = True
 
 
+class SourceBusy(SourceError):
+    """The source did not answer in time (e.g. its consumer is in a long rebalance); retriable."""
+
+    retriable = True
+
+
 class PipelineError(FeedstepError):
     """The training stage failed; the offsets of the failed batch were not committed."""
 

@@ -48,7 +48,7 @@ import orjson
 
 from streaming.base import Record, Source, TopicPartition
 from streaming.config import FeedstepConfig
-from streaming.errors import BrokerUnavailable, CommitRejected, SourceError
+from streaming.errors import BrokerUnavailable, CommitRejected, SourceBusy, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class FetcherSource(Source):
         rpc_timeout_s: float = 60.0,
     ) -> None:
         self._rpc_timeout_s = rpc_timeout_s
+        self._prefetch = prefetch_polls  # granted on the first poll: nothing is fetched before
         self._on_revoke: Callable[[list[TopicPartition]], None] | None = None
         self._on_assign: Callable[[list[TopicPartition]], None] | None = None
         self._inbox: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
@@ -242,7 +243,6 @@ class FetcherSource(Source):
             {
                 "op": "start",
                 "config": _config_json(config),
-                "credits": prefetch_polls,
                 "log_level": level,
             }
         )
@@ -303,17 +303,19 @@ class FetcherSource(Source):
         try:
             return self._replies.get(timeout=timeout_s)
         except queue.Empty:
-            raise SourceError(
-                f"the Kafka fetcher process did not answer {what!r} within {timeout_s:.0f} s"
+            raise SourceBusy(
+                f"the Kafka fetcher process did not answer {what!r} within {timeout_s:.0f} s "
+                "(its consumer may be in a long rebalance)"
             ) from None
 
-    def _rpc(self, op: str, **args: Any) -> Any:
+    def _rpc(self, op: str, timeout_s: float | None = None, **args: Any) -> Any:
+        timeout_s = self._rpc_timeout_s if timeout_s is None else timeout_s
         with self._rpc_lock:
             self._next_id += 1
             ident = self._next_id
             self._send({"op": op, "id": ident, **args})
             while True:
-                kind, body = self._wait_reply(self._rpc_timeout_s, op)
+                kind, body = self._wait_reply(timeout_s, op)
                 if kind == FATAL:
                     self._replies.put((kind, body))  # later calls see it too
                     raise self._died()
@@ -330,6 +332,9 @@ class FetcherSource(Source):
         """Records in offset order per partition; rebalance hooks run here, between records."""
         out: list[Record] = []
         deadline = time.monotonic() + timeout_s
+        if self._prefetch:  # the first poll: the child joins the group and starts fetching
+            self._send({"op": "credit", "n": self._prefetch})
+            self._prefetch = 0
         while True:
             if self._at < len(self._buffer):
                 if self._paused:
@@ -395,11 +400,15 @@ class FetcherSource(Source):
         self._on_assign = on_assign
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit next-offsets through the child (synchronous; errors as KafkaSource's)."""
+        """Commit next-offsets through the child (synchronous; errors as KafkaSource's).
+
+        Raises:
+            SourceBusy: the child did not answer within 30 s (retriable, like a broker outage).
+        """
         todo = {tp: o for tp, o in offsets.items() if self._committed.get(tp) != o}
         if not todo:
             return
-        self._rpc("commit", offsets=_offsets_json(todo))
+        self._rpc("commit", timeout_s=30.0, offsets=_offsets_json(todo))
         self._committed.update(todo)
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -509,7 +518,7 @@ class _Fetcher:
         from streaming.kafka import KafkaSource
 
         config = load_config(overrides=spec["config"], environ={})
-        self.credits = int(spec["credits"])
+        self.credits = 0  # the parent's first poll grants the first ones
         self.max_records = config.max_poll_records
         self.source = KafkaSource(config, on_revoke=self._on_revoke, on_assign=self._on_assign)
         self.consumer = self.source._consumer
@@ -584,6 +593,7 @@ class _Fetcher:
         }
 
     def _drain(self, wait_s: float) -> None:
+        """Handle the commands waiting, first waiting up to ``wait_s`` for one."""
         try:
             command = (
                 self.commands.get(timeout=wait_s) if wait_s > 0 else self.commands.get_nowait()
@@ -603,6 +613,8 @@ class _Fetcher:
         was_connected = False
         starved_since: float | None = None
         paused = False
+        while not self.closing and self.credits <= 0:  # not polled yet: seeks arrive first
+            self._drain(0.1)
         while not self.closing:
             self._drain(0.0 if self.credits > 0 else 0.1)
             if self.closing:
