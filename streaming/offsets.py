@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.base import TopicPartition
+from streaming.base import Record, TopicPartition
 
 _MASK = (1 << 64) - 1
 
@@ -79,6 +79,15 @@ class Segment:
         if tp not in self.start:
             self.start[tp] = offset
         self.end[tp] = offset + 1
+
+    def read_all(self, records: Iterable[Record]) -> None:
+        """Account for ``records`` in order: the same as :meth:`read` on each, in one call."""
+        start, end = self.start, self.end
+        for record in records:
+            tp = (record.topic, record.partition)
+            if tp not in start:
+                start[tp] = record.offset
+            end[tp] = record.offset + 1
 
     def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
         """``{tp: (first offset read, next offset)}``."""
