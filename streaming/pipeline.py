@@ -625,7 +625,7 @@ class Pipeline:
                         extra = {
                             "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
                             "ledger": self.ledger.to_json(),
-                            "dedup": [i for i in self.dedup.snapshot() if i not in unapplied],
+                            "dedup": self.dedup.snapshot(exclude=unapplied),
                             "governor": (
                                 self.governor.state_dict() if self.governor is not None else None
                             ),
