@@ -171,6 +171,12 @@ class Pipeline:
         self.dedup = Deduplicator(s.dedup_window)
         self.prequential = PairedPrequential(s.prequential_window)
         self.summary = RunSummary()
+        # Set after every step: the labelled children are looked up once.
+        self._prequential_gauges = tuple(
+            gauge.labels(model=model)
+            for gauge in (metrics.prequential_loss, metrics.prequential_accuracy)
+            for model in ("baseline", "candidate")
+        )
         self.ledger = Ledger()
         self._segment = Segment()  # read since the last batch closed
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
@@ -875,8 +881,9 @@ class Pipeline:
             s.trained_examples += result.batch_size
             m.steps.inc()
             m.last_step_timestamp.set(now)
+            observe = m.feedback_to_update.observe
             for ts in batch.ts:
-                m.feedback_to_update.observe(max(0.0, now - ts))
+                observe(max(0.0, now - ts))
         else:
             s.skipped_steps += 1
             m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
@@ -884,10 +891,11 @@ class Pipeline:
                 "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
             )
         snap = self.prequential.snapshot()
-        m.prequential_loss.labels(model="baseline").set(snap.baseline_loss)
-        m.prequential_loss.labels(model="candidate").set(snap.candidate_loss)
-        m.prequential_accuracy.labels(model="baseline").set(snap.baseline_accuracy)
-        m.prequential_accuracy.labels(model="candidate").set(snap.candidate_accuracy)
+        base_loss, cand_loss, base_acc, cand_acc = self._prequential_gauges
+        base_loss.set(snap.baseline_loss)
+        cand_loss.set(snap.candidate_loss)
+        base_acc.set(snap.baseline_accuracy)
+        cand_acc.set(snap.candidate_accuracy)
         m.loss_difference.set(snap.mean_loss_difference)
         m.task_loss.set(result.task_loss)
         m.regularizer_loss.set(result.reg_loss)
