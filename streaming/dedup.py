@@ -11,7 +11,7 @@ distinct ids to arrive.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 
 
 class Deduplicator:
@@ -103,9 +103,24 @@ class Deduplicator:
                 break
         order.extend(reversed(kept))
 
-    def snapshot(self) -> list[str]:
-        """The remembered ids, oldest first, for a checkpoint; see :meth:`restore`."""
-        return list(self._order)
+    def snapshot(self, exclude: Set[str] = frozenset()) -> list[str]:
+        """The remembered ids, oldest first, for a checkpoint; see :meth:`restore`.
+
+        Args:
+            exclude: Ids to leave out (e.g. those of events read but not yet applied). They
+                are usually among the newest, so only the tail holding them is filtered.
+        """
+        ids = list(self._order)
+        if not exclude:
+            return ids
+        left = len(self._seen.intersection(exclude))  # how many of ``ids`` to leave out
+        at = len(ids)
+        while left:  # walk back from the newest until every one of them is passed
+            at -= 1
+            if ids[at] in exclude:
+                left -= 1
+        ids[at:] = [i for i in ids[at:] if i not in exclude]
+        return ids
 
     @classmethod
     def restore(cls, ids: Iterable[str], window: int = 100_000) -> Deduplicator:

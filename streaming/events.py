@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from types import MappingProxyType
@@ -409,6 +409,23 @@ def format_timestamp(ts: datetime) -> str:
 # --------------------------------------------------------------------------------------------
 # Decoding
 
+# Each field's slot setter, in field (= positional argument) order.
+_EVENT_SETTERS: Final = tuple(getattr(FeedbackEvent, f.name).__set__ for f in fields(FeedbackEvent))
+
+
+def _validated_event(*values: Any) -> FeedbackEvent:
+    """``FeedbackEvent(*values)`` for values the decoder has checked, without the re-checks.
+
+    A frozen dataclass's ``__init__`` sets each of the twelve fields through
+    ``object.__setattr__`` and ``__post_init__`` then checks what :func:`_decode_object` has
+    just made sure of (``ts`` is aware; ``extra`` is read-only and holds only unknown fields):
+    on the hot path, a third of the decoder's own time. The event is the same object.
+    """
+    event: FeedbackEvent = object.__new__(FeedbackEvent)
+    for set_value, value in zip(_EVENT_SETTERS, values, strict=True):
+        set_value(event, value)
+    return event
+
 
 def _wrong_type(name: str, expected: str, value: Any) -> Rejection:
     return Rejection(
@@ -592,8 +609,7 @@ def _decode_object(obj: dict[str, Any], limits: DecodeLimits) -> FeedbackEvent |
     if len(obj) > 5 and not _KNOWN_FIELDS.issuperset(obj):
         extra = MappingProxyType({k: v for k, v in obj.items() if k not in _KNOWN_FIELDS})
 
-    # Positional arguments, in field order: measurably faster on this hot path.
-    return FeedbackEvent(
+    return _validated_event(
         event_id,
         ts,
         prompt,

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.base import TopicPartition
+from streaming.base import Record, TopicPartition
 
 _MASK = (1 << 64) - 1
 
@@ -41,11 +41,13 @@ def event_digest(event_ids: Iterable[str]) -> int:
         >>> event_digest(["a", "a"]) == event_digest(["a"])
         False
     """
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes  # once per call, not per id
     total = 0
     for event_id in event_ids:
-        h = hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        total = (total + int.from_bytes(h, "big")) & _MASK
-    return total
+        total += from_bytes(
+            blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+        )
+    return total & _MASK  # the sum's residue: the same as reducing after every addition
 
 
 def tp_key(tp: TopicPartition) -> str:
@@ -79,6 +81,15 @@ class Segment:
         if tp not in self.start:
             self.start[tp] = offset
         self.end[tp] = offset + 1
+
+    def read_all(self, records: Iterable[Record]) -> None:
+        """Account for ``records`` in order: the same as :meth:`read` on each, in one call."""
+        start, end = self.start, self.end
+        for record in records:
+            tp = (record.topic, record.partition)
+            if tp not in start:
+                start[tp] = record.offset
+            end[tp] = record.offset + 1
 
     def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
         """``{tp: (first offset read, next offset)}``."""

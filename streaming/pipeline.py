@@ -171,6 +171,12 @@ class Pipeline:
         self.dedup = Deduplicator(s.dedup_window)
         self.prequential = PairedPrequential(s.prequential_window)
         self.summary = RunSummary()
+        # Set after every step: the labelled children are looked up once.
+        self._prequential_gauges = tuple(
+            gauge.labels(model=model)
+            for gauge in (metrics.prequential_loss, metrics.prequential_accuracy)
+            for model in ("baseline", "candidate")
+        )
         self.ledger = Ledger()
         self._segment = Segment()  # read since the last batch closed
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
@@ -256,8 +262,8 @@ class Pipeline:
                     or not self.source.has_assignment()
                 ):
                     last_data = now  # not idle while work is pending or the group is assigning
-                for record in records:
-                    self._ingest(record)
+                if records:
+                    self._ingest(records)
                 due = self.batcher.due()
                 if due:
                     self._dispatch_or_hold(due)
@@ -293,43 +299,66 @@ class Pipeline:
             return 500
         return max(1, min(500, left - self.summary.consumed))
 
-    def _ingest(self, record: Record) -> None:
-        self.summary.consumed += 1
-        segment = self._segment
-        segment.read(record.tp, record.offset)
-        decoded = decode_event(record.value, self.settings.limits)
-        if isinstance(decoded, Rejection):
-            self._reject(record, decoded)
-            segment.rejected += 1
-            return
-        event: FeedbackEvent = decoded
-        for name in event.truncated_fields:
-            self.metrics.truncated.labels(field=name).inc()
-        if self.dedup.check_and_add(event.event_id):
-            self.summary.duplicates += 1
-            segment.duplicates += 1
-            self.metrics.events.labels(outcome="duplicate").inc()
-            return
+    def _ingest(self, records: list[Record]) -> None:
+        """Decode, validate, de-duplicate and batch the records of one poll.
+
+        Accepted and duplicate events are added to their metrics once per poll, with the same
+        totals as counting each event (a scrape sees a poll's events when the poll is done).
+        """
+        summary, dedup, batcher = self.summary, self.dedup, self.batcher
+        objective = self.learner.objective
+        limits = self.settings.limits
+        unapplied = self._unapplied_ids
+        truncated = self.metrics.truncated
+        with_features = self.governor is not None
+        accepted = duplicates = 0
+        first = 0  # records[first:] are not in a segment yet
         try:
-            example = to_example(event)
-            self.learner.objective.check(example)
-        except ValueError as exc:  # a valid event the objective cannot use
-            self.dedup.forget((event.event_id,))
-            self._reject(record, _unusable(str(exc)))
-            segment.rejected += 1
-            return
-        self.summary.accepted += 1
-        segment.event_ids.append(event.event_id)
-        self._unapplied_ids.add(event.event_id)
-        self.metrics.events.labels(outcome="accepted").inc()
-        features = (
-            features_of(event.prompt, event.response, event.feedback.type)
-            if self.governor is not None
-            else None
-        )
-        full = self.batcher.add((example, event.ts_epoch_s, features))
-        if full:
-            self._dispatch(full)
+            for i, record in enumerate(records):
+                summary.consumed += 1
+                decoded = decode_event(record.value, limits)
+                if isinstance(decoded, Rejection):
+                    self._reject(record, decoded)
+                    self._segment.rejected += 1
+                    continue
+                event: FeedbackEvent = decoded
+                event_id = event.event_id
+                for name in event.truncated_fields:
+                    truncated.labels(field=name).inc()
+                if dedup.check_and_add(event_id):
+                    summary.duplicates += 1
+                    self._segment.duplicates += 1
+                    duplicates += 1
+                    continue
+                try:
+                    example = to_example(event)
+                    objective.check(example)
+                except ValueError as exc:  # a valid event the objective cannot use
+                    dedup.forget((event_id,))
+                    self._reject(record, _unusable(str(exc)))
+                    self._segment.rejected += 1
+                    continue
+                summary.accepted += 1
+                self._segment.event_ids.append(event_id)
+                unapplied.add(event_id)
+                accepted += 1
+                features = (
+                    features_of(event.prompt, event.response, event.feedback.type)
+                    if with_features
+                    else None
+                )
+                full = batcher.add((example, event.ts_epoch_s, features))
+                if full:
+                    self._segment.read_all(records[first : i + 1])
+                    first = i + 1
+                    self._dispatch(full)
+            if first < len(records):
+                self._segment.read_all(records[first:])
+        finally:
+            if accepted:
+                self.metrics.events.labels(outcome="accepted").inc(accepted)
+            if duplicates:
+                self.metrics.events.labels(outcome="duplicate").inc(duplicates)
 
     def _reject(self, record: Record, rejection: Rejection) -> None:
         reason = str(rejection.reason.value)
@@ -602,7 +631,7 @@ class Pipeline:
                         extra = {
                             "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
                             "ledger": self.ledger.to_json(),
-                            "dedup": [i for i in self.dedup.snapshot() if i not in unapplied],
+                            "dedup": self.dedup.snapshot(exclude=unapplied),
                             "governor": (
                                 self.governor.state_dict() if self.governor is not None else None
                             ),
@@ -852,8 +881,9 @@ class Pipeline:
             s.trained_examples += result.batch_size
             m.steps.inc()
             m.last_step_timestamp.set(now)
+            observe = m.feedback_to_update.observe
             for ts in batch.ts:
-                m.feedback_to_update.observe(max(0.0, now - ts))
+                observe(max(0.0, now - ts))
         else:
             s.skipped_steps += 1
             m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
@@ -861,10 +891,11 @@ class Pipeline:
                 "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
             )
         snap = self.prequential.snapshot()
-        m.prequential_loss.labels(model="baseline").set(snap.baseline_loss)
-        m.prequential_loss.labels(model="candidate").set(snap.candidate_loss)
-        m.prequential_accuracy.labels(model="baseline").set(snap.baseline_accuracy)
-        m.prequential_accuracy.labels(model="candidate").set(snap.candidate_accuracy)
+        base_loss, cand_loss, base_acc, cand_acc = self._prequential_gauges
+        base_loss.set(snap.baseline_loss)
+        cand_loss.set(snap.candidate_loss)
+        base_acc.set(snap.baseline_accuracy)
+        cand_acc.set(snap.candidate_accuracy)
         m.loss_difference.set(snap.mean_loss_difference)
         m.task_loss.set(result.task_loss)
         m.regularizer_loss.set(result.reg_loss)

@@ -91,3 +91,12 @@ def test_window_is_validated(window):
 
 def test_default_window():
     assert Deduplicator().window == 100_000
+
+
+def test_snapshot_excluding_ids_keeps_the_order_of_the_others():
+    d = Deduplicator(window=6)
+    for event_id in "abcdefgh":
+        d.check_and_add(event_id)
+    every = d.snapshot()
+    for exclude in (set(), {"h"}, {"c", "h"}, {"c"}, {"a", "x"}, {"x"}, set("cdefgh"), set("abc")):
+        assert d.snapshot(exclude=exclude) == [i for i in every if i not in exclude]
