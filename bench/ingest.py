@@ -51,8 +51,7 @@ from kafka.structs import TopicPartition  # noqa: E402
 from monitors.metrics import Metrics  # noqa: E402
 from streaming.base import Record, Source  # noqa: E402
 from streaming.config import load_config  # noqa: E402
-from streaming.fetcher import FetcherSource  # noqa: E402
-from streaming.kafka import KafkaSource  # noqa: E402
+from streaming.kafka import make_source  # noqa: E402
 from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.simulate import SimulatedFeedback  # noqa: E402
 from streaming.testing import MemorySink, NullLearner  # noqa: E402
@@ -229,6 +228,7 @@ def run_feedstep(
     max_poll_records: int,
     commit_every_steps: int,
     fetcher: str,
+    prefetch_polls: int = 4,
     profile: cProfile.Profile | None = None,
 ) -> Run:
     """The real Pipeline over a KafkaSource (fresh group) with a no-op learner."""
@@ -238,10 +238,12 @@ def run_feedstep(
             "topic": topic,
             "group_id": f"bench-feedstep-{uuid.uuid4().hex[:8]}",
             "max_poll_records": max_poll_records,
+            "kafka_fetcher": fetcher,
+            "fetcher_prefetch_polls": prefetch_polls,
         },
         environ={},
     )
-    source = _Clocked(FetcherSource(config) if fetcher == "process" else KafkaSource(config))
+    source = _Clocked(make_source(config))
     settings = PipelineSettings(
         batch_size=batch_size,
         max_wait_ms=1000,
@@ -315,6 +317,9 @@ def main() -> int:
         help="feedstep's Kafka consumer in its own process (the default of feedstep run) or "
         "in the pipeline's process",
     )
+    parser.add_argument(
+        "--prefetch-polls", type=int, default=4, help="fetcher_prefetch_polls (process fetcher)"
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile one more feedstep run")
     parser.add_argument("--delete-topic", action="store_true", help="delete the topic at the end")
     args = parser.parse_args()
@@ -342,6 +347,7 @@ def main() -> int:
                     args.max_poll_records,
                     args.commit_every_steps,
                     args.fetcher,
+                    args.prefetch_polls,
                 )
             runs.append(run)
             print(
@@ -359,6 +365,7 @@ def main() -> int:
             args.max_poll_records,
             args.commit_every_steps,
             args.fetcher,
+            args.prefetch_polls,
             prof,
         )
         prof.dump_stats(args.profile)

@@ -630,7 +630,12 @@ class _Fetcher:
                 if paused:
                     consumer.resume(*consumer.paused())
                     paused = False
+                polled = time.monotonic()
                 batches = consumer.poll(timeout_ms=100, max_records=self.max_records)
+                if not batches and time.monotonic() - polled < 0.05:
+                    # nothing assigned (more members than partitions, a join under way): the
+                    # client returns at once; wait for commands instead of spinning
+                    self._drain(0.1)
             else:
                 starved_since = starved_since or now
                 if now - starved_since < 1.0:

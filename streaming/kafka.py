@@ -119,6 +119,12 @@ class KafkaSource(Source):
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
         self._consumer.subscribe([config.topic], listener=_Listener(self))
+        try:  # know the topic's partitions before joining, or the first assignment is empty
+            self._consumer.partitions_for_topic(config.topic)
+        except KafkaError as exc:
+            log.warning(
+                "no metadata for %s yet (%s); the group assigns it later", config.topic, exc
+            )
         self._commit_timeout_ms = 10_000
         self._config = config
         self._starts: dict[TP, int] = {}  # where each assigned partition started
@@ -129,7 +135,11 @@ class KafkaSource(Source):
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
         """Records from the assigned partitions, in offset order per partition."""
+        started = time.monotonic()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if not batches and not self._consumer.assignment():
+            # the client returns at once while nothing is assigned: wait out the timeout here
+            time.sleep(max(0.0, min(0.1, timeout_s - (time.monotonic() - started))))
         return [to_record(tp, r) for tp, records in batches.items() for r in records]
 
     def set_rebalance_hooks(

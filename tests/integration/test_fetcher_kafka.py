@@ -278,3 +278,44 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_member_without_partitions_does_not_spin(kafka_bootstrap, topic_name):
+    """Two members, one partition: the idle one's fetcher waits instead of busy-polling."""
+    _fill(kafka_bootstrap, topic_name, 1, 10)
+    group = f"{topic_name}-g"
+    first = FetcherSource(_config(kafka_bootstrap, topic_name, group))
+    second = FetcherSource(_config(kafka_bootstrap, topic_name, group))
+    try:
+        joined = time.monotonic() + 6.0  # both members join (a rebalance) within this
+        while time.monotonic() < joined:
+            first.poll(0.1)
+            second.poll(0.1)
+        deadline = time.monotonic() + 60
+        settled_since = None
+        while settled_since is None or time.monotonic() - settled_since < 3.0:
+            assert time.monotonic() < deadline, "the group never settled"
+            first.poll(0.1)
+            second.poll(0.1)
+            if first.has_assignment() != second.has_assignment():
+                settled_since = settled_since or time.monotonic()
+            else:
+                settled_since = None
+        idle = second if first.has_assignment() else first
+        busy = first if idle is second else second
+        assert not idle.has_assignment()
+        before, started = _cpu_s(idle.pid), time.monotonic()
+        while time.monotonic() - started < 4.0:
+            idle.poll(0.2)
+            busy.poll(0.0)
+        used = _cpu_s(idle.pid) - before
+        assert not idle.has_assignment()
+        assert used < 1.0, f"idle fetcher used {used:.2f} CPU s in 4 s: a busy loop"
+    finally:
+        first.close()
+        second.close()
