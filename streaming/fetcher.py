@@ -239,19 +239,17 @@ class FetcherSource(Source):
         )
         self._reader.start()
         level = logging.getLogger().getEffectiveLevel()
-        self._send(
-            {
-                "op": "start",
-                "config": _config_json(config),
-                "log_level": level,
-            }
-        )
-        kind, body = self._wait_reply(start_timeout_s, "start")
-        if kind == FATAL:
-            info = orjson.loads(body) if body else {}
-            self._proc.wait(timeout=10)
-            error = _ERRORS.get(info.get("kind", ""), SourceError)
-            raise error(info.get("message", "the Kafka fetcher process failed to start"))
+        try:
+            self._send({"op": "start", "config": _config_json(config), "log_level": level})
+            kind, body = self._wait_reply(start_timeout_s, "start")
+            if kind == FATAL:
+                info = orjson.loads(body) if body else {}
+                error = _ERRORS.get(info.get("kind", ""), SourceError)
+                raise error(info.get("message", "the Kafka fetcher process failed to start"))
+        except BaseException:
+            self._proc.kill()  # never leave a half-started child behind
+            self._proc.wait()
+            raise
         log.info("Kafka consumer runs in fetcher process %d", self._proc.pid)
 
     # -- pipes ----------------------------------------------------------------------------------
@@ -565,8 +563,9 @@ class _Fetcher:
                 result = [None if v is None else base64.b64encode(v).decode() for v in values]
             else:
                 raise SourceError(f"unknown fetcher command {op!r}")
-        except SourceError as exc:
-            self.send_json(REPLY, {"id": ident, "error": str(exc), "kind": type(exc).__name__})
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, never swallowed
+            message = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+            self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
             return
         self.send_json(REPLY, {"id": ident, "result": result})
 
