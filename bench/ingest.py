@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import logging
 import os
 import pstats
@@ -54,7 +55,7 @@ from streaming.config import load_config  # noqa: E402
 from streaming.kafka import make_source  # noqa: E402
 from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.simulate import SimulatedFeedback  # noqa: E402
-from streaming.testing import MemorySink, NullLearner  # noqa: E402
+from streaming.testing import MemorySink, NullCheckpoints, NullLearner  # noqa: E402
 
 
 @dataclass
@@ -158,21 +159,6 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class _NullCheckpoints:
-    """What Pipeline needs of a CheckpointManager, writing nothing: sets the commit cadence."""
-
-    def __init__(self) -> None:
-        self.directory = Path("/nonexistent")
-        self.saves = 0
-
-    def save(self, learner: object, extra: dict | None = None) -> Path:
-        self.saves += 1
-        return self.directory
-
-    def load_latest(self, learner: object) -> None:
-        return None
-
-
 class _Clocked(Source):
     """Delegates to a source and notes when the first poll that returned records ended."""
 
@@ -253,7 +239,7 @@ def run_feedstep(
         checkpoint_every_steps=max(1, commit_every_steps),
     )
     learner = NullLearner()
-    checkpoints = _NullCheckpoints() if commit_every_steps > 0 else None
+    checkpoints = NullCheckpoints() if commit_every_steps > 0 else None
     pipe = Pipeline(
         source,
         MemorySink(),
@@ -333,22 +319,24 @@ def main() -> int:
         f"{'repeat':>6} {'side':>9} {'events':>8} {'join_s':>7} {'seconds':>8} {'events/s':>9} "
         f"{'cpu_s':>6} {'fetcher_cpu_s':>13}"
     )
+    feedstep = functools.partial(
+        run_feedstep,
+        bootstrap,
+        topic,
+        args.events,
+        args.batch_size,
+        args.max_poll_records,
+        args.commit_every_steps,
+        args.fetcher,
+        args.prefetch_polls,
+    )
     for repeat in range(args.repeats):
         order = ("bare", "feedstep") if repeat % 2 == 0 else ("feedstep", "bare")
         for side in order:
             if side == "bare":
                 run = run_bare(bootstrap, topic, args.events, args.max_poll_records)
             else:
-                run = run_feedstep(
-                    bootstrap,
-                    topic,
-                    args.events,
-                    args.batch_size,
-                    args.max_poll_records,
-                    args.commit_every_steps,
-                    args.fetcher,
-                    args.prefetch_polls,
-                )
+                run = feedstep()
             runs.append(run)
             print(
                 f"{repeat + 1:>6} {run.side:>9} {run.events:>8} {run.join_s:>7.2f} "
@@ -357,17 +345,7 @@ def main() -> int:
             )
     if args.profile:
         prof = cProfile.Profile()
-        run_feedstep(
-            bootstrap,
-            topic,
-            args.events,
-            args.batch_size,
-            args.max_poll_records,
-            args.commit_every_steps,
-            args.fetcher,
-            args.prefetch_polls,
-            prof,
-        )
+        feedstep(profile=prof)
         prof.dump_stats(args.profile)
         print(f"\nprofile of one more feedstep run (ingest thread) written to {args.profile}:")
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)

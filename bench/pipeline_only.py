@@ -31,22 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monitors.metrics import Metrics  # noqa: E402
 from streaming.pipeline import Pipeline, PipelineSettings, RunSummary  # noqa: E402
 from streaming.simulate import SimulatedFeedback  # noqa: E402
-from streaming.testing import MemorySink, MemorySource, NullLearner  # noqa: E402
-
-
-class _NullCheckpoints:
-    """What Pipeline needs of a CheckpointManager, writing nothing: sets the commit cadence."""
-
-    def __init__(self) -> None:
-        self.directory = Path("/nonexistent")
-        self.saves = 0
-
-    def save(self, learner: object, extra: dict | None = None) -> Path:
-        self.saves += 1
-        return self.directory
-
-    def load_latest(self, learner: object) -> None:
-        return None
+from streaming.testing import (  # noqa: E402
+    MemorySink,
+    MemorySource,
+    NullCheckpoints,
+    NullLearner,
+)
 
 
 class _ProfiledPipeline(Pipeline):
@@ -89,7 +79,7 @@ def run_once(
         learner,  # type: ignore[arg-type]
         Metrics(),
         settings,
-        checkpoints=_NullCheckpoints(),  # type: ignore[arg-type]
+        checkpoints=NullCheckpoints(),  # type: ignore[arg-type]
     )
     if profiles is not None:
         pipe.profiles = profiles  # type: ignore[attr-defined]

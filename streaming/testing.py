@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -550,3 +551,29 @@ class NullLearner:
         if out is None:
             out = self._outputs[size] = _null_output(size)
         return out
+
+
+class NullCheckpoints:
+    """What :class:`~streaming.pipeline.Pipeline` needs of a checkpoint manager, writing nothing.
+
+    It sets the commit cadence (offsets are committed after each "checkpoint") without the
+    cost of saving weights, for benchmarks of the ingest path.
+
+    Example:
+        >>> checkpoints = NullCheckpoints()
+        >>> checkpoints.save(learner=None, extra={"offsets": []}).name, checkpoints.saves
+        ('nonexistent', 1)
+    """
+
+    def __init__(self) -> None:
+        self.directory = Path("/nonexistent")
+        self.saves = 0
+
+    def save(self, learner: object, extra: dict[str, Any] | None = None) -> Path:
+        """Count the call; nothing is written."""
+        self.saves += 1
+        return self.directory
+
+    def load_latest(self, learner: object) -> None:
+        """There is never a checkpoint to load."""
+        return None
