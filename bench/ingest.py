@@ -1,7 +1,7 @@
 """Ingest throughput: feedstep's consume → decode → validate → de-duplicate → batch path against
 a bare kafka-python consumer that only polls, over the same real-broker topic, in the same run.
 
-    python3 bench/ingest.py [--events 200000] [--partitions 4] [--repeats 3] [--topic T]
+    python3 bench/ingest.py [--events 200000] [--partitions 4] [--repeats 5] [--topic T]
 
 The topic is filled once with small simulated feedback events (``SimulatedFeedback``, seed 0) and
 reused by later runs when it already holds exactly ``--events`` records. Each repeat runs both
@@ -9,7 +9,9 @@ sides, alternating which goes first, each with a fresh consumer group reading th
 from the start:
 
 * ``bare``: a ``KafkaConsumer`` subscribed to the topic, polling until every record is counted;
-* ``feedstep``: :class:`streaming.pipeline.Pipeline` over :class:`streaming.kafka.KafkaSource`
+* ``feedstep``: :class:`streaming.pipeline.Pipeline` over the source ``feedstep run`` uses
+  (``--fetcher process``, the default: :class:`streaming.fetcher.FetcherSource`, the consumer in
+  its own process; ``--fetcher thread``: :class:`streaming.kafka.KafkaSource` in this process)
   with :class:`streaming.testing.NullLearner` (one no-op "step" per micro-batch) and real
   metrics, stopping when it has consumed every record. Offsets are committed to the broker
   every ``--commit-every-steps`` steps (default 100, ``feedstep run``'s checkpoint cadence),
@@ -20,8 +22,10 @@ from the start:
 Time runs from the end of the first poll that returned records (so joining the group and the
 first fetch's round trip, the same for both, are left out; they are printed as ``join_s``) to
 the moment the side has handled the last record (for feedstep: ``run()`` returned, i.e. the
-last batch stepped and its offsets committed). The last line is ``ratio=<feedstep / bare>``
-of the medians of events/s.
+last batch stepped and its offsets committed). Each row also shows the CPU seconds the side's
+process used (and, for feedstep, its fetcher process). The last line is
+``ratio=<feedstep / bare>`` of the medians of events/s; single runs on a shared 2-core machine
+swing by about ±10%, hence five repeats by default.
 
 ``--profile FILE`` also runs the feedstep side once more under cProfile (the training thread
 is not profiled; it only counts batches) and prints the top functions by own time.
@@ -287,7 +291,9 @@ def main() -> int:
     parser.add_argument("--topic", help="default: feedstep-bench-ingest-<events>-<partitions>")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="median over this many runs per side"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="feedstep's micro-batch")
     parser.add_argument("--max-poll-records", type=int, default=500, help="both sides")
     parser.add_argument(
