@@ -569,7 +569,7 @@ class _Fetcher:
             return
         self.send_json(REPLY, {"id": ident, "result": result})
 
-    def state(self) -> dict[str, Any]:
+    def state(self, connected: bool) -> dict[str, Any]:
         """Connection, assignment, high-water marks and positions, without blocking on I/O."""
         consumer = self.consumer
         assigned = consumer.assignment()
@@ -585,7 +585,7 @@ class _Fetcher:
             if known is not None:
                 positions.append([tp.topic, tp.partition, getattr(known, "offset", known)])
         return {
-            "connected": self.source.connected(),
+            "connected": connected,
             "assigned": [[tp.topic, tp.partition] for tp in assigned],
             "highwater": high,
             "position": positions,
@@ -619,11 +619,10 @@ class _Fetcher:
             if self.closing:
                 break
             now = time.monotonic()
-            if now - last_state >= 0.5 or self.source.connected() != was_connected:
-                last_state = now
-                state = self.state()
-                was_connected = state["connected"]
-                self.send_json(STATE, state)
+            connected = self.source.connected()
+            if now - last_state >= 0.5 or connected != was_connected:
+                last_state, was_connected = now, connected
+                self.send_json(STATE, self.state(connected))
             if self.credits > 0:
                 starved_since = None
                 if paused:
