@@ -705,6 +705,8 @@ def decode_event(
         >>> decode_event(b'{"event_id": "e-1"}').reason.value
         'missing_field'
     """
+    # A plain valid event (the usual case) is accepted by the fast path; everything else, and
+    # every rejection with its message, is the reference decoder's.
     if type(raw) is bytes and len(raw) <= limits.max_event_bytes:
         event = _decode_fast(raw, limits.max_text_chars)
         if event is not None:
