@@ -12,6 +12,8 @@ correction text                 pairwise, the correction preferred over the repl
 
 from __future__ import annotations
 
+from typing import Any
+
 from learner.base import Example
 from streaming.events import FeedbackEvent
 
@@ -25,18 +27,53 @@ def to_example(event: FeedbackEvent) -> Example:
     """
     fb = event.feedback
     if fb.type == "thumb":
-        return Example(
-            event.prompt, event.response, target=1.0 if fb.value == 1 else 0.0, weight=event.weight
+        return _example(
+            event.prompt, event.response, 1.0 if fb.value == 1 else 0.0, None, event.weight
         )
     if fb.type == "rating":
-        return Example(
-            event.prompt,
-            event.response,
-            target=(float(fb.value or 1) - 1.0) / 4.0,
-            weight=event.weight,
-        )
+        target = (float(fb.value or 1) - 1.0) / 4.0
+        return _example(event.prompt, event.response, target, None, event.weight)
     if fb.type == "preference":
-        return Example(event.prompt, str(fb.chosen), rejected=str(fb.rejected), weight=event.weight)
+        return _example(event.prompt, str(fb.chosen), None, str(fb.rejected), event.weight)
     if fb.type == "correction":
-        return Example(event.prompt, str(fb.text), rejected=event.response, weight=event.weight)
+        return _example(event.prompt, str(fb.text), None, event.response, event.weight)
     raise ValueError(f"no example mapping for feedback type {fb.type!r}")
+
+
+class _ExampleDraft:
+    """An :class:`Example` under construction: the same slots in the same order, writable.
+
+    Python lets an object's ``__class__`` be reassigned to a class with the same memory layout,
+    so a draft filled by plain attribute stores turns into a real, frozen :class:`Example` in
+    one step, without the frozen ``__init__``'s ``object.__setattr__`` calls.
+    """
+
+    __slots__ = Example.__slots__
+
+
+def _example(
+    prompt: str, response: str, target: float | None, rejected: str | None, weight: float
+) -> Example:
+    """``Example(prompt, response, target=target, rejected=rejected, weight=weight)``, cheaper.
+
+    When the values pass the checks of ``Example.__post_init__`` (exactly one of ``target`` and
+    ``rejected``; ``target`` in [0, 1]; ``weight`` a float > 0, as every decoded event's is),
+    the example is built without re-running them; otherwise by ``Example`` itself, which
+    accepts or raises and says why. Either way the result is the same.
+    """
+    if (
+        (target is None) == (rejected is None)
+        or type(weight) is not float
+        or not weight > 0.0
+        or (target is not None and not 0.0 <= target <= 1.0)
+    ):
+        return Example(prompt, response, target=target, rejected=rejected, weight=weight)
+    draft: Any = object.__new__(_ExampleDraft)
+    draft.prompt = prompt
+    draft.response = response
+    draft.target = target
+    draft.rejected = rejected
+    draft.weight = weight
+    draft.__class__ = Example
+    example: Example = draft
+    return example
