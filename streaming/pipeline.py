@@ -881,9 +881,7 @@ class Pipeline:
             s.trained_examples += result.batch_size
             m.steps.inc()
             m.last_step_timestamp.set(now)
-            observe = m.feedback_to_update.observe
-            for ts in batch.ts:
-                observe(max(0.0, now - ts))
+            m.feedback_to_update.observe_many([max(0.0, now - ts) for ts in batch.ts])
         else:
             s.skipped_steps += 1
             m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
