@@ -191,8 +191,10 @@ class Pipeline:
         self._ready: deque[_Batch] = deque()  # closed batches waiting for queue room
         self._tok_q: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
         self._inbox: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
-        self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
-            queue.Queue()
+        # Unbounded (the in-flight bound limits it); a SimpleQueue is cheap to put to and to
+        # look into, which the ingest stage does many times per step.
+        self._outbox: queue.SimpleQueue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
+            queue.SimpleQueue()
         )
         self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
         # queued for tokenizing + being tokenized + queued for training + being trained
@@ -492,6 +494,8 @@ class Pipeline:
 
     def _collect(self, block: bool, deadline: float | None = None) -> None:
         while self._in_flight:
+            if not block and self._outbox.empty():
+                return
             try:
                 batch, result = (
                     self._outbox.get(timeout=0.2) if block else self._outbox.get_nowait()
