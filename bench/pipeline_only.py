@@ -1,6 +1,7 @@
 """Per-event cost of the pipeline alone: MemorySource → Pipeline → NullLearner, no broker.
 
-    python3 bench/pipeline_only.py [--events 100000] [--partitions 4] [--repeats 3] [--profile]
+    python3 bench/pipeline_only.py [--events 100000] [--partitions 4] [--batch-size 16]
+                                   [--repeats 3] [--profile]
 
 A :class:`streaming.testing.MemorySource` is filled with ``--events`` simulated feedback events
 (``SimulatedFeedback``, seed 0, the payloads ``bench/ingest.py`` writes to its topic) and read
@@ -9,6 +10,7 @@ metrics and a checkpoint manager that writes nothing (offsets are committed ever
 ``feedstep run``'s cadence). Each repeat builds a fresh source and pipeline; the time is that
 of ``run()``. Printed per repeat and as the median: events/s, wall µs/event and process CPU
 µs/event (all threads: the tokenize and train stages share the GIL with the ingest stage).
+Runs at two ``--batch-size`` values tell the fixed cost of a step from the cost of an event.
 
 ``--profile`` runs once more under cProfile, each of the three threads with its own profiler,
 and prints the top functions by own time of each.
@@ -59,13 +61,16 @@ def _payloads(events: int) -> list[bytes]:
 
 
 def run_once(
-    payloads: list[bytes], partitions: int, profiles: dict[str, cProfile.Profile] | None = None
+    payloads: list[bytes],
+    partitions: int,
+    batch_size: int = 16,
+    profiles: dict[str, cProfile.Profile] | None = None,
 ) -> tuple[RunSummary, float, float]:
     """One run over a fresh source; returns (summary, wall seconds, process CPU seconds)."""
     events = len(payloads)
     source = MemorySource(payloads, partitions=partitions)
     settings = PipelineSettings(
-        batch_size=16,
+        batch_size=batch_size,
         max_wait_ms=1000,
         stop_after_events=events,
         log_every_s=3600,
@@ -102,6 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16, help="events per step")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one more run")
     parser.add_argument("--top", type=int, default=25, help="functions shown per thread")
@@ -114,7 +120,7 @@ def main() -> int:
     print(" ".join(f"{name:>{width}}" for name, width in header), f"{'cpu_us':>7}")
     walls, cpus = [], []
     for repeat in range(args.repeats):
-        _, wall, cpu = run_once(payloads, args.partitions)
+        _, wall, cpu = run_once(payloads, args.partitions, args.batch_size)
         walls.append(wall)
         cpus.append(cpu)
         print(
@@ -129,7 +135,7 @@ def main() -> int:
     )
     if args.profile:
         profiles: dict[str, cProfile.Profile] = {}
-        run_once(payloads, args.partitions, profiles)
+        run_once(payloads, args.partitions, args.batch_size, profiles)
         for name in ("ingest", "tokenize", "train"):
             print(f"\n--- {name} thread, top {args.top} by own time")
             pstats.Stats(profiles[name]).sort_stats("tottime").print_stats(args.top)

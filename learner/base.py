@@ -16,6 +16,7 @@ one no-grad baseline pass is both the baseline's test score and the reference fo
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,7 +76,7 @@ class TensorBatch:
 
     def pin(self) -> TensorBatch:
         """Return a copy whose tensors sit in page-locked memory (no-op without CUDA)."""
-        if not torch.cuda.is_available():
+        if not _cuda_available():
             return self
         return TensorBatch(
             {k: v.pin_memory() for k, v in self.tensors.items()},
@@ -92,6 +93,16 @@ class TensorBatch:
             self.size,
             self.weights.to(device, non_blocking=True),
         )
+
+
+@functools.cache
+def _cuda_available() -> bool:
+    """``torch.cuda.is_available()``, asked once: it cannot change within a process.
+
+    :meth:`TensorBatch.pin` runs once per micro-batch, and asking torch costs more than a
+    no-op pin on a CPU-only host.
+    """
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,12 @@ Three stages joined by bounded queues:
 * the **tokenize** stage (one thread) turns a micro-batch into tensors in pinned memory;
 * the **train** stage (one thread) makes exactly one step per batch and hands back the result.
 
+Closed batches that are waiting when a queue has room cross it together, as one handoff (one
+wake-up of the next stage instead of one per batch); each batch still gets its own step, in
+order. A queue holds ``queue_batches`` handoffs and at most ``2 * queue_batches + 2`` batches
+are in flight between the ingest stage and a collected result, as when batches crossed one by
+one.
+
 When both queues are full the ingest stage pauses the source's partitions and keeps polling
 (so a Kafka member stays in its group however slow a step is) until there is room again: a slow
 step slows consumption instead of growing memory.
@@ -30,6 +36,7 @@ capped exponential backoff while the loop keeps polling, and ``/readyz`` says no
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -182,10 +189,12 @@ class Pipeline:
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
         self._unapplied_ids: set[str] = set()  # in the dedup window, not yet applied
         self._ready: deque[_Batch] = deque()  # closed batches waiting for queue room
-        self._tok_q: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
-        self._inbox: queue.Queue[_Batch | None] = queue.Queue(maxsize=s.queue_batches)
-        self._outbox: queue.Queue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
-            queue.Queue()
+        self._tok_q: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
+        self._inbox: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
+        # Unbounded (the in-flight bound limits it); a SimpleQueue is cheap to put to and to
+        # look into, which the ingest stage does many times per step.
+        self._outbox: queue.SimpleQueue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
+            queue.SimpleQueue()
         )
         self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
         # queued for tokenizing + being tokenized + queued for training + being trained
@@ -424,7 +433,8 @@ class Pipeline:
     ) -> None:
         """Move closed batches to the tokenize stage, waiting up to ``wait_s`` for room.
 
-        With ``block`` it waits until all are queued, collecting results meanwhile.
+        The batches waiting go in one handoff, as many as the in-flight bound allows. With
+        ``block`` it waits until all are queued, collecting results meanwhile.
         """
         until = time.monotonic() + wait_s
         while self._ready:
@@ -439,15 +449,16 @@ class Pipeline:
                     if block and deadline is not None and time.monotonic() > deadline:
                         self._abandon.set()
                     continue
+            group = list(itertools.islice(self._ready, self._max_in_flight - self._in_flight))
             try:
-                self._tok_q.put_nowait(self._ready[0])
+                self._tok_q.put_nowait(group)
             except queue.Full:
                 left = until - time.monotonic()
                 if not block and left <= 0:
                     return
                 try:
                     timeout = 0.1 if block else max(0.001, min(left, 0.1))
-                    self._tok_q.put(self._ready[0], timeout=timeout)
+                    self._tok_q.put(group, timeout=timeout)
                 except queue.Full:
                     if block:
                         self.health.beat()
@@ -455,8 +466,9 @@ class Pipeline:
                         if deadline is not None and time.monotonic() > deadline:
                             self._abandon.set()
                     continue
-            self._ready.popleft()
-            self._in_flight += 1
+            for _ in group:
+                self._ready.popleft()
+            self._in_flight += len(group)
         self._ready_since = None
 
     def _backpressure(self) -> None:
@@ -482,6 +494,8 @@ class Pipeline:
 
     def _collect(self, block: bool, deadline: float | None = None) -> None:
         while self._in_flight:
+            if not block and self._outbox.empty():
+                return
             try:
                 batch, result = (
                     self._outbox.get(timeout=0.2) if block else self._outbox.get_nowait()
@@ -818,49 +832,60 @@ class Pipeline:
     # -- tokenize and train stages ------------------------------------------------------------
     def _tokenize_loop(self) -> None:
         while True:
-            batch = self._tok_q.get()
-            if batch is None:
+            group = self._tok_q.get()
+            if group is None:
                 with contextlib.suppress(queue.Full):
                     self._inbox.put_nowait(None)
                 return
-            if self._abandon.is_set():
-                self._outbox.put((batch, _ABANDONED))
-                continue
-            try:
-                batch.tensors = self.learner.objective.collate(batch.examples).pin()
-            except BaseException as exc:  # handed to the ingest stage, which raises it
-                self._outbox.put((batch, exc))
-                return
-            while True:
+            collated: list[_Batch] = []
+            failed: tuple[_Batch, BaseException] | None = None
+            for batch in group:
+                if self._abandon.is_set():
+                    self._outbox.put((batch, _ABANDONED))
+                    continue
                 try:
-                    self._inbox.put(batch, timeout=0.2)
+                    batch.tensors = self.learner.objective.collate(batch.examples).pin()
+                except BaseException as exc:  # handed to the ingest stage, which raises it
+                    failed = (batch, exc)
                     break
-                except queue.Full:
-                    if self._abandon.is_set() and not self._trainer.is_alive():
+                collated.append(batch)
+            if collated:
+                self._hand_to_trainer(collated)
+            if failed is not None:
+                self._outbox.put(failed)
+                return
+
+    def _hand_to_trainer(self, group: list[_Batch]) -> None:
+        while True:
+            try:
+                self._inbox.put(group, timeout=0.2)
+                return
+            except queue.Full:
+                if self._abandon.is_set() and not self._trainer.is_alive():
+                    for batch in group:
                         self._outbox.put((batch, _ABANDONED))
-                        break
+                    return
 
     def _train_loop(self) -> None:
         while True:
-            batch = self._inbox.get()
-            if batch is None:
+            group = self._inbox.get()
+            if group is None:
                 return
-            if self._abandon.is_set():
-                self._outbox.put((batch, _ABANDONED))
-                continue
-            self._may_step.wait()  # held while a checkpoint is being written
-            try:
-                assert batch.tensors is not None
-                with self.learner_lock:
-                    result: StepResult | BaseException = self.learner.step(batch.tensors)
-                    # Handed over under the lock: a checkpoint never sees weights whose step
-                    # the ingest stage has not accounted for.
-                    self._outbox.put((batch, result))
-            except BaseException as exc:  # handed to the ingest stage, which raises it
-                result = exc
-                self._outbox.put((batch, result))
-            if isinstance(result, BaseException):
-                return
+            for batch in group:
+                if self._abandon.is_set():
+                    self._outbox.put((batch, _ABANDONED))
+                    continue
+                self._may_step.wait()  # held while a checkpoint is being written
+                try:
+                    assert batch.tensors is not None
+                    with self.learner_lock:
+                        result: StepResult | BaseException = self.learner.step(batch.tensors)
+                        # Handed over under the lock: a checkpoint never sees weights whose step
+                        # the ingest stage has not accounted for.
+                        self._outbox.put((batch, result))
+                except BaseException as exc:  # handed to the ingest stage, which raises it
+                    self._outbox.put((batch, exc))
+                    return
 
     # -- monitoring ---------------------------------------------------------------------------
     def _after_step(self, batch: _Batch, result: StepResult) -> None:
@@ -881,9 +906,7 @@ class Pipeline:
             s.trained_examples += result.batch_size
             m.steps.inc()
             m.last_step_timestamp.set(now)
-            observe = m.feedback_to_update.observe
-            for ts in batch.ts:
-                observe(max(0.0, now - ts))
+            m.feedback_to_update.observe_many([max(0.0, now - ts) for ts in batch.ts])
         else:
             s.skipped_steps += 1
             m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
