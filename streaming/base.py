@@ -55,6 +55,26 @@ class Source(abc.ABC):
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Durably record ``offsets`` (next offset to read per partition) as consumed."""
 
+    def commit_nowait(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Start committing ``offsets`` and return; :meth:`commit_result` tells how it ended.
+
+        At most one such commit is outstanding: a second call first waits for the answer to
+        the first (and raises its error). :meth:`commit` settles an outstanding one first, too.
+        This default commits synchronously, so its errors are raised here.
+        """
+        self.commit(offsets)
+
+    def commit_result(self, wait: bool = False) -> bool:
+        """Whether the last :meth:`commit_nowait` is done.
+
+        True once it succeeded (or when none is outstanding); False while it is still under
+        way (only when ``wait`` is False).
+
+        Raises:
+            FeedstepError: the commit failed, with the error :meth:`commit` would have raised.
+        """
+        return True
+
     @abc.abstractmethod
     def position(self) -> dict[TopicPartition, int]:
         """Next offset to read for every assigned partition."""

@@ -68,6 +68,11 @@ _ERRORS: dict[str, type[SourceError]] = {
 }
 
 
+def _reply_error(reply: dict[str, Any]) -> SourceError:
+    """The exception a failed command's reply stands for."""
+    return _ERRORS.get(reply.get("kind", ""), SourceError)(reply["error"])
+
+
 def encode_records(generation: int, batches: Mapping[Any, list[Any]]) -> bytes:
     """A ``D`` body from kafka-python's ``poll()`` result (``{TopicPartition: [records]}``)."""
     parts = [_HEAD.pack(generation, len(batches))]
@@ -219,6 +224,9 @@ class FetcherSource(Source):
         self._rpc_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._next_id = 0
+        # the commit sent by commit_nowait: (id, offsets, answer due by), and its answer once in
+        self._pending: tuple[int, dict[TopicPartition, int], float] | None = None
+        self._pending_reply: dict[str, Any] | None = None
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -319,11 +327,17 @@ class FetcherSource(Source):
                     raise self._died()
                 reply = orjson.loads(body)
                 if reply.get("id") != ident:
-                    continue  # an answer to a call that timed out earlier
+                    self._keep_if_pending(reply)  # else an answer to a call that timed out
+                    continue
                 if "error" in reply:
-                    error = _ERRORS.get(reply.get("kind", ""), SourceError)
-                    raise error(reply["error"])
+                    raise _reply_error(reply)
                 return reply.get("result")
+
+    def _keep_if_pending(self, reply: dict[str, Any]) -> bool:
+        if self._pending is not None and reply.get("id") == self._pending[0]:
+            self._pending_reply = reply
+            return True
+        return False
 
     # -- Source -----------------------------------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
@@ -403,11 +417,73 @@ class FetcherSource(Source):
         Raises:
             SourceBusy: the child did not answer within 30 s (retriable, like a broker outage).
         """
+        try:  # one sent by commit_nowait goes first; this one supersedes it either way
+            self.commit_result(wait=True)
+        except SourceError as exc:
+            if self._fatal is not None:
+                raise
+            log.info("an earlier commit failed (%s); committing the newer offsets now", exc)
         todo = {tp: o for tp, o in offsets.items() if self._committed.get(tp) != o}
         if not todo:
             return
         self._rpc("commit", timeout_s=30.0, offsets=_offsets_json(todo))
         self._committed.update(todo)
+
+    def commit_nowait(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Send a commit to the child and return; :meth:`commit_result` reads its answer.
+
+        The child commits synchronously, in command order, between its polls, while the
+        pipeline goes on. An earlier commit_nowait is settled first (its error is raised).
+        """
+        self.commit_result(wait=True)
+        todo = {tp: o for tp, o in offsets.items() if self._committed.get(tp) != o}
+        if not todo:
+            return
+        with self._rpc_lock:
+            self._next_id += 1
+            self._pending = (self._next_id, todo, time.monotonic() + 30.0)
+            self._pending_reply = None
+            try:
+                self._send({"op": "commit", "id": self._next_id, "offsets": _offsets_json(todo)})
+            except SourceError:
+                self._pending = None
+                raise
+
+    def commit_result(self, wait: bool = False) -> bool:
+        """True once the commit sent by :meth:`commit_nowait` succeeded (or none is out).
+
+        Raises:
+            SourceBusy: no answer within 30 s of sending it (retriable).
+            CommitRejected, SourceError: what :meth:`commit` would have raised.
+        """
+        with self._rpc_lock:
+            if self._pending is None:
+                return True
+            ident, todo, due = self._pending
+            while self._pending_reply is None:
+                try:
+                    if wait:
+                        kind, body = self._replies.get(timeout=max(0.0, due - time.monotonic()))
+                    else:
+                        kind, body = self._replies.get_nowait()
+                except queue.Empty:
+                    if not wait and time.monotonic() < due:
+                        return False
+                    self._pending = None
+                    raise SourceBusy(
+                        "the Kafka fetcher process did not answer a commit within 30 s (its "
+                        "consumer may be in a long rebalance)"
+                    ) from None
+                if kind == FATAL:
+                    self._replies.put((kind, body))  # later calls see it too
+                    self._pending = None
+                    raise self._died()
+                self._keep_if_pending(orjson.loads(body))
+            reply, self._pending, self._pending_reply = self._pending_reply, None, None
+            if "error" in reply:
+                raise _reply_error(reply)
+            self._committed.update(todo)
+            return True
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Continue each partition from the given next offset; records already sent are dropped."""

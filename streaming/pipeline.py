@@ -204,6 +204,7 @@ class Pipeline:
         self._steps_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._commit_due: dict[TopicPartition, int] | None = None
+        self._committing: dict[TopicPartition, int] | None = None  # sent, answer not read yet
         self._commit_retry_at = 0.0
         self._commit_backoff = s.commit_backoff_s
         self._paused = False
@@ -278,6 +279,7 @@ class Pipeline:
                     self._dispatch_or_hold(due)
                 self._apply_idle()
                 self._maybe_checkpoint(now)
+                self._check_commit()
                 self._retry_commit(now)
                 if now - last_log >= s.log_every_s:
                     last_log = now
@@ -620,16 +622,22 @@ class Pipeline:
         ):
             self._checkpoint()
 
-    def _checkpoint(self) -> bool:
+    def _checkpoint(self, wait: bool = False) -> bool:
         """Write a checkpoint covering every applied segment, then commit its offsets.
 
         The training stage is held between steps meanwhile; the step in flight finishes and
         its result is collected first, so the weights saved are exactly those that the saved
         offsets account for. Returns False when it could not be taken now (called from within
         a checkpoint, or the stages kept producing results); the next collect tries again.
+
+        The commit is sent without waiting for the broker's answer unless ``wait`` (revokes and
+        shutdown wait): the checkpoint is already durable, so the pipeline goes on, and the
+        answer is read on a later loop (:meth:`_check_commit`), a failure retried as usual.
         """
         assert self.checkpoints is not None
         if not self._uncheckpointed:
+            if wait:
+                self._check_commit(block=True)
             return True
         if self._checkpointing:
             return False
@@ -664,11 +672,17 @@ class Pipeline:
         self._last_checkpoint = time.monotonic()
         self.summary.checkpoints += 1
         self.metrics.checkpoints.inc()
-        self._commit(offsets)
+        self._commit(offsets, wait=wait)
         return True
 
-    def _commit(self, offsets: dict[TopicPartition, int], force: bool = False) -> bool:
-        """Flush the dead letters, then commit ``offsets``; on failure retry later, backing off."""
+    def _commit(
+        self, offsets: dict[TopicPartition, int], force: bool = False, wait: bool = True
+    ) -> bool:
+        """Flush the dead letters, then commit ``offsets``; on failure retry later, backing off.
+
+        With ``wait`` False the commit is only sent (``Source.commit_nowait``); its outcome is
+        accounted for by :meth:`_check_commit`.
+        """
         if not offsets:
             return True
         if self._commit_due is not None and not force:
@@ -678,28 +692,57 @@ class Pipeline:
             if self._dlq_dirty:
                 self.dead_letters.flush(timeout_s=10.0)  # rejects are durable first
                 self._dlq_dirty = False
-            self.source.commit(offsets)
+            if wait:
+                self._committing = None  # this commit supersedes one still out
+                self.source.commit(offsets)
+            else:
+                self._committing = None  # commit_nowait settles (or raises) the one still out
+                self.source.commit_nowait(offsets)
+                self._committing = dict(offsets)
+                return True
         except FeedstepError as exc:
-            if not exc.retriable:
-                log.warning("commit of %s refused (%s); not retried", _fmt(offsets), exc)
-                self._commit_due = None
-                return False
-            self.metrics.commit_failures.inc()
-            self._commit_due = dict(offsets)
-            self._commit_retry_at = time.monotonic() + self._commit_backoff
-            log.warning(
-                "commit failed (%s); retrying in %.1f s, the loop keeps running",
-                exc,
-                self._commit_backoff,
-            )
-            self._commit_backoff = min(self._commit_backoff * 2, self.settings.commit_backoff_max_s)
-            self._set_ready()
+            return self._commit_failed(offsets, exc)
+        self._commit_done(offsets)
+        return True
+
+    def _check_commit(self, block: bool = False) -> None:
+        """Account for the outcome of a commit sent without waiting, once it is known."""
+        if self._committing is None:
+            return
+        try:
+            if not self.source.commit_result(wait=block):
+                return  # still under way
+        except FeedstepError as exc:
+            offsets, self._committing = self._committing, None
+            if self._commit_due is None:  # a newer due commit supersedes it
+                self._commit_failed(offsets, exc)
+            return
+        offsets, self._committing = self._committing, None
+        self._commit_done(offsets)
+
+    def _commit_failed(self, offsets: dict[TopicPartition, int], exc: FeedstepError) -> bool:
+        """Count a failed commit and schedule its retry (a refused one is not retried)."""
+        if not exc.retriable:
+            log.warning("commit of %s refused (%s); not retried", _fmt(offsets), exc)
+            self._commit_due = None
             return False
+        self.metrics.commit_failures.inc()
+        self._commit_due = dict(offsets)
+        self._commit_retry_at = time.monotonic() + self._commit_backoff
+        log.warning(
+            "commit failed (%s); retrying in %.1f s, the loop keeps running",
+            exc,
+            self._commit_backoff,
+        )
+        self._commit_backoff = min(self._commit_backoff * 2, self.settings.commit_backoff_max_s)
+        self._set_ready()
+        return False
+
+    def _commit_done(self, offsets: dict[TopicPartition, int]) -> None:
         self._commit_due = None
         self._commit_backoff = self.settings.commit_backoff_s
         self.summary.final_offsets.update(offsets)
         self._set_ready()
-        return True
 
     def _retry_commit(self, now: float) -> None:
         if self._commit_due is not None and now >= self._commit_retry_at:
@@ -747,7 +790,7 @@ class Pipeline:
         self.metrics.rebalances.labels(event="revoked").inc()
         self._settle()
         if self.checkpoints is not None:
-            self._checkpoint()
+            self._checkpoint(wait=True)
         else:
             self._commit(self._applied, force=True)
         if self._commit_due is not None:
@@ -789,7 +832,7 @@ class Pipeline:
         try:
             self._settle(deadline)
             if self.checkpoints is not None:
-                self._checkpoint()
+                self._checkpoint(wait=True)
             elif self._commit_due is not None:
                 self._commit(self._commit_due, force=True)
             backoff = self.settings.commit_backoff_s

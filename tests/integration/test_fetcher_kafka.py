@@ -103,6 +103,47 @@ def test_every_record_once_in_order_then_commit_and_lag(kafka_bootstrap, topic_n
     assert _group_committed(kafka_bootstrap, topic_name, f"{topic_name}-g", 2) == {0: 600, 1: 598}
 
 
+def test_commit_nowait_is_answered_even_when_another_call_reads_replies_first(
+    kafka_bootstrap, topic_name
+):
+    _fill(kafka_bootstrap, topic_name, 2, 300)
+    group = f"{topic_name}-g"
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    try:
+        records = _poll_until(source, 600)
+        assert len(records) == 600
+        source.commit_nowait({(topic_name, 0): 250, (topic_name, 1): 240})
+        # a seek is answered after the commit: its wait reads the commit's reply and keeps it
+        source.seek({(topic_name, 0): 300})
+        assert source.commit_result(wait=True) is True
+        assert source.committed() == {(topic_name, 0): 250, (topic_name, 1): 240}
+        assert source.commit_result() is True  # nothing outstanding any more
+        # a second one is sent only after the first is settled; commit() settles the last
+        source.commit_nowait({(topic_name, 0): 280, (topic_name, 1): 260})
+        source.commit_nowait({(topic_name, 0): 290, (topic_name, 1): 270})
+        source.commit({(topic_name, 0): 300, (topic_name, 1): 300})
+        assert source.commit_result() is True
+        assert source.committed() == {(topic_name, 0): 300, (topic_name, 1): 300}
+    finally:
+        source.close()
+    assert _group_committed(kafka_bootstrap, topic_name, group, 2) == {0: 300, 1: 300}
+
+
+def test_a_failed_commit_nowait_is_raised_by_commit_result(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 1, 50)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    try:
+        assert len(_poll_until(source, 50)) == 50
+        # a partition this member does not own: the broker (or the client) refuses the commit
+        source.commit_nowait({(topic_name, 7): 1})
+        with pytest.raises(SourceError):
+            source.commit_result(wait=True)
+        assert source.commit_result() is True  # the failure was reported once
+        assert (topic_name, 7) not in source.committed()
+    finally:
+        source.close()
+
+
 def test_seek_drops_records_already_sent_and_rereads(kafka_bootstrap, topic_name):
     _fill(kafka_bootstrap, topic_name, 1, 3000)
     source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=4)
