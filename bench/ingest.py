@@ -183,6 +183,12 @@ class _Clocked(Source):
     def commit(self, offsets):  # type: ignore[no-untyped-def]
         self.inner.commit(offsets)
 
+    def commit_nowait(self, offsets):  # type: ignore[no-untyped-def]
+        self.inner.commit_nowait(offsets)
+
+    def commit_result(self, wait: bool = False) -> bool:
+        return self.inner.commit_result(wait)
+
     def position(self):  # type: ignore[no-untyped-def]
         return self.inner.position()
 
