@@ -333,11 +333,10 @@ class FetcherSource(Source):
                     raise _reply_error(reply)
                 return reply.get("result")
 
-    def _keep_if_pending(self, reply: dict[str, Any]) -> bool:
+    def _keep_if_pending(self, reply: dict[str, Any]) -> None:
+        """Keep the answer to the commit sent by :meth:`commit_nowait`; drop any other."""
         if self._pending is not None and reply.get("id") == self._pending[0]:
             self._pending_reply = reply
-            return True
-        return False
 
     # -- Source -----------------------------------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:

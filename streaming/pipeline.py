@@ -692,11 +692,10 @@ class Pipeline:
             if self._dlq_dirty:
                 self.dead_letters.flush(timeout_s=10.0)  # rejects are durable first
                 self._dlq_dirty = False
+            self._committing = None  # superseded: both calls settle (or raise) the one still out
             if wait:
-                self._committing = None  # this commit supersedes one still out
                 self.source.commit(offsets)
             else:
-                self._committing = None  # commit_nowait settles (or raises) the one still out
                 self.source.commit_nowait(offsets)
                 self._committing = dict(offsets)
                 return True
