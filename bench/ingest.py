@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import functools
 import logging
 import os
@@ -229,6 +230,7 @@ def run_feedstep(
     commit_every_steps: int,
     fetcher: str,
     prefetch_polls: int = 4,
+    queue_batches: int | None = None,
     profile: cProfile.Profile | None = None,
 ) -> Run:
     """The real Pipeline over a KafkaSource (fresh group) with a no-op learner."""
@@ -252,6 +254,8 @@ def run_feedstep(
         log_every_s=3600,
         checkpoint_every_steps=max(1, commit_every_steps),
     )
+    if queue_batches is not None:
+        settings = dataclasses.replace(settings, queue_batches=queue_batches)
     learner = NullLearner()
     checkpoints = NullCheckpoints() if commit_every_steps > 0 else None
     pipe = Pipeline(
@@ -322,6 +326,9 @@ def main() -> int:
     parser.add_argument(
         "--prefetch-polls", type=int, default=4, help="fetcher_prefetch_polls (process fetcher)"
     )
+    parser.add_argument(
+        "--queue-batches", type=int, help="PipelineSettings.queue_batches (default: its default)"
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile one more feedstep run")
     parser.add_argument("--delete-topic", action="store_true", help="delete the topic at the end")
     args = parser.parse_args()
@@ -347,6 +354,7 @@ def main() -> int:
         args.commit_every_steps,
         args.fetcher,
         args.prefetch_polls,
+        args.queue_batches,
     )
     for repeat in range(args.repeats):
         order = ("bare", "feedstep") if repeat % 2 == 0 else ("feedstep", "bare")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import logging
 import pstats
 import statistics
@@ -65,6 +66,7 @@ def run_once(
     partitions: int,
     batch_size: int = 16,
     profiles: dict[str, cProfile.Profile] | None = None,
+    queue_batches: int | None = None,
 ) -> tuple[RunSummary, float, float]:
     """One run over a fresh source; returns (summary, wall seconds, process CPU seconds)."""
     events = len(payloads)
@@ -76,6 +78,8 @@ def run_once(
         log_every_s=3600,
         checkpoint_every_steps=100,
     )
+    if queue_batches is not None:
+        settings = dataclasses.replace(settings, queue_batches=queue_batches)
     learner = NullLearner()
     cls = Pipeline if profiles is None else _ProfiledPipeline
     pipe = cls(
@@ -109,6 +113,11 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16, help="events per step")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--queue-batches",
+        type=int,
+        help="PipelineSettings.queue_batches, handoffs each stage queue holds (default: its default)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one more run")
     parser.add_argument("--top", type=int, default=25, help="functions shown per thread")
     args = parser.parse_args()
@@ -120,7 +129,7 @@ def main() -> int:
     print(" ".join(f"{name:>{width}}" for name, width in header), f"{'cpu_us':>7}")
     walls, cpus = [], []
     for repeat in range(args.repeats):
-        _, wall, cpu = run_once(payloads, args.partitions, args.batch_size)
+        _, wall, cpu = run_once(payloads, args.partitions, args.batch_size, queue_batches=args.queue_batches)
         walls.append(wall)
         cpus.append(cpu)
         print(
@@ -135,7 +144,7 @@ def main() -> int:
     )
     if args.profile:
         profiles: dict[str, cProfile.Profile] = {}
-        run_once(payloads, args.partitions, args.batch_size, profiles)
+        run_once(payloads, args.partitions, args.batch_size, profiles, args.queue_batches)
         for name in ("ingest", "tokenize", "train"):
             print(f"\n--- {name} thread, top {args.top} by own time")
             pstats.Stats(profiles[name]).sort_stats("tottime").print_stats(args.top)

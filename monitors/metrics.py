@@ -146,13 +146,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = _BatchHistogram(
             "feedstep_batch_size_events",
             "Examples per micro-batch.",
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
-        self.step_duration = Histogram(
+        self.step_duration = _BatchHistogram(
             "feedstep_step_duration_seconds",
             "Wall time of one step: both models' scoring, the update and the guard.",
             buckets=_STEP_BUCKETS,

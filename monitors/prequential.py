@@ -7,6 +7,7 @@ classes keep windowed means of those streams and the paired difference between t
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -30,7 +31,7 @@ class WindowedMean(Monitor):
         if window < 1:
             raise ValueError(f"window must be >= 1 events, got {window}")
         self.window = window
-        self._values: deque[float] = deque()
+        self._values: deque[float] = deque(maxlen=window)  # appending past it drops the oldest
         self._sum = 0.0
         self._updates = 0
 
@@ -38,10 +39,10 @@ class WindowedMean(Monitor):
         """Add one value; NaN counts as 'no value' and is skipped."""
         if math.isnan(value):
             return
+        if len(self._values) == self.window:
+            self._sum -= self._values[0]  # the append below drops it
         self._values.append(value)
         self._sum += value
-        if len(self._values) > self.window:
-            self._sum -= self._values.popleft()
         self._updates += 1
         if self._updates % 4096 == 0:  # re-sum now and then so float error cannot build up
             self._sum = math.fsum(self._values)
@@ -52,10 +53,15 @@ class WindowedMean(Monitor):
         if not kept:
             return
         window = self._values
-        window.extend(kept)
-        self._sum += sum(kept)
-        for _ in range(len(window) - self.window):
-            self._sum -= window.popleft()
+        drop = len(window) + len(kept) - self.window  # the oldest values the extend pushes out
+        if drop >= len(window):  # the whole window goes, and maybe some of kept
+            window.extend(kept)
+            self._sum = math.fsum(window)
+        else:
+            if drop > 0:
+                self._sum -= sum(itertools.islice(window, drop))
+            window.extend(kept)
+            self._sum += sum(kept)
         before = self._updates
         self._updates += len(kept)
         if self._updates // 4096 != before // 4096:

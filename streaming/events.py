@@ -334,6 +334,19 @@ _RFC3339: Final = re.compile(
 
 def _parse_ts(text: str) -> datetime | str:
     """Parse an RFC 3339 timestamp to aware UTC; on failure return what was wrong."""
+    n = len(text)
+    if (
+        (n == 27 and text[19] == "." or n == 20)  # what format_timestamp writes, and whole seconds
+        and text[-1] == "Z"
+        and text[10] == "T"
+        and text[4] == "-" == text[7]
+        and text[13] == ":" == text[16]
+        and text.isascii()
+    ):  # every other character must be a digit, which fromisoformat insists on
+        try:
+            return datetime.fromisoformat(text)  # "Z" gives timezone.utc (Python >= 3.11)
+        except ValueError:
+            return _parse_ts_careful(text)
     if _RFC3339_FAST.fullmatch(text) is not None:
         try:
             dt = datetime.fromisoformat(text)  # Python 3.10 rejects "Z": the slow path takes it

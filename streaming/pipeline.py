@@ -178,7 +178,7 @@ class Pipeline:
         self.dedup = Deduplicator(s.dedup_window)
         self.prequential = PairedPrequential(s.prequential_window)
         self.summary = RunSummary()
-        # Set after every step: the labelled children are looked up once.
+        # Set once per loop turn (_publish): the labelled children are looked up once.
         self._prequential_gauges = tuple(
             gauge.labels(model=model)
             for gauge in (metrics.prequential_loss, metrics.prequential_accuracy)
@@ -217,6 +217,10 @@ class Pipeline:
         self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
         self._ready_since: float | None = None
         self._next_lag_at = 0.0
+        # Steps accounted for, not yet fed to the monitors: (result, event ts if applied, when).
+        self._unflushed: list[tuple[StepResult, list[float] | None, float]] = []
+        self._unpublished: StepResult | None = None  # the latest step, gauges not set yet
+        self._last_step_at: float | None = None
         self._running = False
         self._connected = True
         self._stop = threading.Event()
@@ -281,6 +285,7 @@ class Pipeline:
                 self._maybe_checkpoint(now)
                 self._check_commit()
                 self._retry_commit(now)
+                self._publish()
                 if now - last_log >= s.log_every_s:
                     last_log = now
                     self._report()
@@ -931,30 +936,85 @@ class Pipeline:
 
     # -- monitoring ---------------------------------------------------------------------------
     def _after_step(self, batch: _Batch, result: StepResult) -> None:
-        m, s = self.metrics, self.summary
+        """Account for a finished step; its per-event monitoring waits for :meth:`_flush_steps`.
+
+        Counting the step, the skip warning and the governor happen now; the prequential
+        windows, the accuracy totals and the step histograms take the steps of a loop turn
+        together (~30 at batch 16), which costs a fraction of doing it step by step and gives
+        the same values in the same order. ``on_progress`` sees every step's figures.
+        """
+        s = self.summary
         now = time.time()
-        cand, base = result.candidate, result.baseline
-        base_correct, cand_correct = base.correct.tolist(), cand.correct.tolist()
-        self.prequential.update(base.loss.tolist(), cand.loss.tolist(), base_correct, cand_correct)
+        if result.applied:
+            s.steps += 1
+            s.trained_examples += result.batch_size
+            self._last_step_at = now
+        else:
+            s.skipped_steps += 1
+            self.metrics.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
+            log.warning(
+                "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
+            )
+        self._unflushed.append((result, batch.ts if result.applied else None, now))
+        if self.governor is not None:
+            live = self.governor.live_version
+            self.governor.after_step(
+                result, batch.features, getattr(self.learner.objective, "tokenizer", None)
+            )
+            if self.governor.live_version != live:
+                self._switched = True  # checkpoint right after it: a restart must not undo it
+        if self.on_progress is not None:
+            self._flush_steps()
+            self.on_progress(s)
+
+    def _flush_steps(self) -> None:
+        """Feed the steps accounted for since the last flush to the monitors, in step order."""
+        steps = self._unflushed
+        if not steps:
+            return
+        self._unflushed = []
+        s, m = self.summary, self.metrics
+        base_loss: list[float] = []
+        cand_loss: list[float] = []
+        base_correct: list[float] = []
+        cand_correct: list[float] = []
+        lags: list[float] = []
+        applied = 0
+        for result, ts, at in steps:
+            base, cand = result.baseline, result.candidate
+            base_loss += base.loss.tolist()
+            cand_loss += cand.loss.tolist()
+            base_correct += base.correct.tolist()
+            cand_correct += cand.correct.tolist()
+            if ts is not None:
+                applied += 1
+                lags += [max(0.0, at - t) for t in ts]
+        self.prequential.update(base_loss, cand_loss, base_correct, cand_correct)
         for bc, cc in zip(base_correct, cand_correct, strict=True):
             if cc == cc:  # not NaN: the example has a right answer
                 s.scored += 1
                 s.baseline_correct += bc
                 s.candidate_correct += cc
-        m.batch_size.observe(result.batch_size)
-        m.step_duration.observe(result.duration_s)
-        if result.applied:
-            s.steps += 1
-            s.trained_examples += result.batch_size
-            m.steps.inc()
-            m.last_step_timestamp.set(now)
-            m.feedback_to_update.observe_many([max(0.0, now - ts) for ts in batch.ts])
-        else:
-            s.skipped_steps += 1
-            m.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
-            log.warning(
-                "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
-            )
+        m.batch_size.observe_many([result.batch_size for result, _, _ in steps])
+        m.step_duration.observe_many([result.duration_s for result, _, _ in steps])
+        if applied:
+            m.steps.inc(applied)
+            m.feedback_to_update.observe_many(lags)
+        self._unpublished = steps[-1][0]
+
+    def _publish(self) -> None:
+        """Set the gauges that describe the latest step, once per loop turn rather than per step.
+
+        A turn handles every result that came in meanwhile (at batch 16 and 500 records a
+        poll, ~30 steps); a gauge shows the last value anyway, and the learner's figures
+        (parameter distance, device memory) are computed once per turn instead of per step.
+        """
+        self._flush_steps()
+        result = self._unpublished
+        if result is None:
+            return
+        self._unpublished = None
+        m = self.metrics
         snap = self.prequential.snapshot()
         base_loss, cand_loss, base_acc, cand_acc = self._prequential_gauges
         base_loss.set(snap.baseline_loss)
@@ -965,6 +1025,8 @@ class Pipeline:
         m.task_loss.set(result.task_loss)
         m.regularizer_loss.set(result.reg_loss)
         m.grad_norm.set(result.grad_norm)
+        if self._last_step_at is not None:
+            m.last_step_timestamp.set(self._last_step_at)
         m.learning_rate.set(self.learner.optimizer.param_groups[0]["lr"])
         m.param_distance.set(self.learner.param_distance())
         m.device_memory.set(self.learner.device_memory_bytes())
@@ -972,17 +1034,9 @@ class Pipeline:
             self._next_lag_at = time.monotonic() + 1.0
             for (topic, partition), lag in self.source.lag().items():
                 m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-        if self.governor is not None:
-            live = self.governor.live_version
-            self.governor.after_step(
-                result, batch.features, getattr(self.learner.objective, "tokenizer", None)
-            )
-            if self.governor.live_version != live:
-                self._switched = True  # checkpoint right after it: a restart must not undo it
-        if self.on_progress is not None:
-            self.on_progress(s)
 
     def _report(self) -> None:
+        self._publish()
         for (topic, partition), lag in self.source.lag().items():
             self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
         snap = self.prequential.snapshot()

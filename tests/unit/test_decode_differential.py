@@ -38,6 +38,8 @@ from streaming.events import (
     Rejection,
     _decode_fast,
     _decode_reference,
+    _parse_ts,
+    _parse_ts_careful,
     _validated_event,
     _validated_feedback,
     decode_event,
@@ -376,3 +378,24 @@ def test_to_example_matches_the_example_constructor():
         except (ValueError, TypeError) as exc:
             got = f"{type(exc).__name__}: {exc}"
         assert type(got) is type(want) and repr(got) == repr(want) and got == want, event
+
+
+@pytest.mark.parametrize("template", ["2026-11-28T23:35:32Z", "2026-11-28T23:35:32.014879Z"])
+def test_timestamp_shortcut_agrees_with_the_careful_parser(template):
+    """The shortcut for the two common shapes parses exactly what the regex parser does.
+
+    Seeded mutations of 1-3 characters (digits, letters, separators, non-ASCII digits) keep the
+    length, so each one reaches the shortcut's shape check; both parsers must agree, error
+    message and instant and time zone alike.
+    """
+    rng = random.Random(7)
+    alphabet = "0123456789" * 4 + "aZzT t:-.,+/\u0662\uff12"
+    for _ in range(20_000):
+        chars = list(template)
+        for _ in range(rng.randint(1, 3)):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        text = "".join(chars)
+        fast, careful = _parse_ts(text), _parse_ts_careful(text)
+        assert fast == careful, text
+        if isinstance(fast, datetime):
+            assert fast.tzinfo is timezone.utc and careful.tzinfo is timezone.utc, text
