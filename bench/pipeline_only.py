@@ -116,7 +116,7 @@ def main() -> int:
     parser.add_argument(
         "--queue-batches",
         type=int,
-        help="PipelineSettings.queue_batches, handoffs each stage queue holds (default: its default)",
+        help="PipelineSettings.queue_batches: handoffs each stage queue holds",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one more run")
     parser.add_argument("--top", type=int, default=25, help="functions shown per thread")
@@ -129,7 +129,9 @@ def main() -> int:
     print(" ".join(f"{name:>{width}}" for name, width in header), f"{'cpu_us':>7}")
     walls, cpus = [], []
     for repeat in range(args.repeats):
-        _, wall, cpu = run_once(payloads, args.partitions, args.batch_size, queue_batches=args.queue_batches)
+        _, wall, cpu = run_once(
+            payloads, args.partitions, args.batch_size, queue_batches=args.queue_batches
+        )
         walls.append(wall)
         cpus.append(cpu)
         print(
