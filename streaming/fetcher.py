@@ -31,6 +31,7 @@ exits when the parent closes it or dies (its stdin reaches end of file).
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
 import os
 import queue
@@ -44,6 +45,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import orjson
 
 from streaming.base import Record, Source, TopicPartition
@@ -56,12 +58,21 @@ log = logging.getLogger(__name__)
 DATA, EVENT, REPLY, STATE, READY, FATAL = b"D", b"E", b"R", b"S", b"Y", b"X"
 _FRAME = struct.Struct("<cI")
 _CMD = struct.Struct("<I")
-# D body: generation, groups; per group: topic length + topic, partition, records; per record:
-# offset, timestamp, has-timestamp, key length, value length (-1: None), header count.
-_HEAD = struct.Struct("<QH")
-_GROUP = struct.Struct("<HiI")
-_REC = struct.Struct("<qqBiiH")
-_HDR = struct.Struct("<Hi")
+# D body (MessagePack): [generation, [group, ...]], one group per partition, column by column:
+# [topic, partition, [offset...], [timestamp ms or nil...], [key or nil...], [value or nil...],
+#  [[[header name, header value]...] per record] or nil when no record has headers].
+# Columns cost a list comprehension each to build and one C call to pack and unpack.
+_Group = tuple[
+    str,
+    int,
+    list[int],
+    list[int | None],
+    list[bytes | None],
+    list[bytes | None],
+    list[tuple[tuple[str, bytes], ...]] | None,
+]
+_PACK = msgspec.msgpack.Encoder().encode
+_UNPACK = msgspec.msgpack.Decoder(tuple[int, list[_Group]]).decode
 _ERRORS: dict[str, type[SourceError]] = {
     "BrokerUnavailable": BrokerUnavailable,
     "CommitRejected": CommitRejected,
@@ -75,35 +86,23 @@ def _reply_error(reply: dict[str, Any]) -> SourceError:
 
 def encode_records(generation: int, batches: Mapping[Any, list[Any]]) -> bytes:
     """A ``D`` body from kafka-python's ``poll()`` result (``{TopicPartition: [records]}``)."""
-    parts = [_HEAD.pack(generation, len(batches))]
-    pack, append = _REC.pack, parts.append
+    groups = []
     for tp, records in batches.items():
-        topic = tp.topic.encode()
-        append(_GROUP.pack(len(topic), tp.partition, len(records)))
-        append(topic)
-        for r in records:
-            key, value, ts, headers = r.key, r.value, r.timestamp, r.headers
-            append(
-                pack(
-                    r.offset,
-                    ts if ts is not None else 0,
-                    ts is not None,
-                    -1 if key is None else len(key),
-                    -1 if value is None else len(value),
-                    len(headers) if headers else 0,
-                )
+        headers = None
+        if any(r.headers for r in records):
+            headers = [tuple((k, v or b"") for k, v in r.headers) for r in records]
+        groups.append(
+            (
+                tp.topic,
+                tp.partition,
+                [r.offset for r in records],
+                [r.timestamp for r in records],
+                [r.key for r in records],
+                [r.value for r in records],
+                headers,
             )
-            if key:
-                append(key)
-            if value:
-                append(value)
-            if headers:
-                for name, raw in headers:
-                    name_b, raw_b = name.encode(), raw or b""
-                    append(_HDR.pack(len(name_b), len(raw_b)))
-                    append(name_b)
-                    append(raw_b)
-    return b"".join(parts)
+        )
+    return _PACK((generation, groups))
 
 
 def decode_records(
@@ -115,46 +114,27 @@ def decode_records(
 
     ``ends``, when given, receives the next offset after the last record of each partition kept.
     """
-    generation, groups = _HEAD.unpack_from(body, 0)
-    pos = _HEAD.size
+    generation, groups = _UNPACK(body)
     out: list[Record] = []
-    append = out.append
-    unpack, size = _REC.unpack_from, _REC.size
-    for _ in range(groups):
-        tlen, partition, count = _GROUP.unpack_from(body, pos)
-        pos += _GROUP.size
-        topic = body[pos : pos + tlen].decode()
-        pos += tlen
-        skip = stale is not None and stale((topic, partition), generation)
-        last = -1
-        for _ in range(count):
-            offset, ts, has_ts, klen, vlen, nh = unpack(body, pos)
-            pos += size
-            key = value = None
-            if klen >= 0:
-                key = body[pos : pos + klen]
-                pos += klen
-            if vlen >= 0:
-                value = body[pos : pos + vlen]
-                pos += vlen
-            headers: tuple[tuple[str, bytes], ...] = ()
-            if nh:
-                hs = []
-                for _ in range(nh):
-                    hk, hv = _HDR.unpack_from(body, pos)
-                    pos += _HDR.size
-                    name = body[pos : pos + hk].decode()
-                    pos += hk
-                    hs.append((name, body[pos : pos + hv]))
-                    pos += hv
-                headers = tuple(hs)
-            if not skip:
-                append(
-                    Record(topic, partition, offset, key, value, ts if has_ts else None, headers)
-                )
-                last = offset
-        if ends is not None and last >= 0:
-            ends[(topic, partition)] = last + 1
+    repeat = itertools.repeat
+    for topic, partition, offsets, stamps, keys, values, headers in groups:
+        if not offsets or (stale is not None and stale((topic, partition), generation)):
+            continue
+        n = len(offsets)
+        out.extend(
+            map(
+                Record,
+                repeat(topic, n),
+                repeat(partition, n),
+                offsets,
+                keys,
+                values,
+                stamps,
+                repeat((), n) if headers is None else headers,
+            )
+        )
+        if ends is not None:
+            ends[(topic, partition)] = offsets[-1] + 1
     return out
 
 
