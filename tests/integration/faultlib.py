@@ -36,7 +36,7 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from learner.checkpoint import CheckpointManager
-from streaming.offsets import Ledger, check_ledgers, event_digest
+from streaming.offsets import DIGEST_KIND, Ledger, check_ledgers, event_digest
 from streaming.simulate import SimulatedFeedback
 
 REPO = Path(__file__).resolve().parents[2]
@@ -345,7 +345,10 @@ def verify(
     if trained != len(expected):
         problems.append(f"{trained} events applied, expected {len(expected)} valid first-seen ones")
     digest = sum(ledger.digest for ledger in ledgers) % (1 << 64)
-    if digest != event_digest(expected):
+    kinds = {ledger.digest_kind for ledger in ledgers}
+    if kinds != {DIGEST_KIND}:
+        problems.append(f"ledger digests made with {sorted(kinds)}, not {DIGEST_KIND}")
+    elif digest != event_digest(expected):
         problems.append("the digest of applied event ids differs from the produced valid ids")
     return problems
 

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from streaming.offsets import Ledger, Segment, check_ledgers, event_digest, parse_tp_key, tp_key
+import zlib
+
+import crc32c
+
+from streaming.offsets import (
+    DIGEST_KIND,
+    Ledger,
+    Segment,
+    check_ledgers,
+    event_digest,
+    parse_tp_key,
+    tp_key,
+)
 
 T0, T1 = ("feedback", 0), ("feedback", 1)
 
@@ -41,6 +53,29 @@ def test_digest_changes_when_an_event_is_missing_or_doubled():
     assert event_digest(reversed(ids)) == event_digest(ids)
     assert event_digest(ids[:-1]) != event_digest(ids)
     assert event_digest([*ids, "e7"]) != event_digest(ids)
+
+
+def test_digest_is_the_sum_of_two_crcs_per_id_mod_2_64():
+    ids = ["a", "é-\udcff", "e" * 300]  # non-ASCII, a lone surrogate, a long id
+    want = 0
+    for event_id in ids:
+        data = event_id.encode("utf-8", "surrogatepass")
+        want += crc32c.crc32c(data) * 2**32 + zlib.crc32(data)
+    assert event_digest(ids) == want % 2**64
+    assert event_digest([]) == 0
+
+
+def test_a_ledger_from_before_the_digest_kind_keeps_counting_but_is_marked_mixed(caplog):
+    ledger = Ledger()
+    ledger.apply({T0: (0, 2)}, trained_ids=["a", "b"])
+    data = ledger.to_json()
+    assert data["digest_kind"] == DIGEST_KIND
+    assert Ledger.from_json(data).digest_kind == DIGEST_KIND
+    del data["digest_kind"]  # written by an older feedstep, with another hash
+    old = Ledger.from_json(data)
+    assert old.digest_kind == "mixed" and old.trained == 2
+    assert "can no longer be compared" in caplog.text
+    assert Ledger.from_json(old.to_json()).digest_kind == "mixed"
 
 
 def test_check_ledgers_finds_gaps_overlaps_between_ledgers_and_overruns():
