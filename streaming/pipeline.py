@@ -367,9 +367,11 @@ class Pipeline:
                 if full:
                     self._segment.read_all(records[first : i + 1])
                     first = i + 1
-                    self._dispatch(full)
+                    self._dispatch(full, pump=False)
             if first < len(records):
                 self._segment.read_all(records[first:])
+            if self._ready:  # the poll's closed batches go to the tokenize stage together
+                self._pump()
         finally:
             if accepted:
                 self.metrics.events.labels(outcome="accepted").inc(accepted)
@@ -423,7 +425,7 @@ class Pipeline:
         if seg.start:  # read the segment again when we keep these partitions
             self.source.seek({tp: self._applied.get(tp, start) for tp, start in seg.start.items()})
 
-    def _dispatch(self, items: list[tuple[Example, float, Any]]) -> None:
+    def _dispatch(self, items: list[tuple[Example, float, Any]], pump: bool = True) -> None:
         segment, self._segment = self._segment, Segment()
         self._ready.append(
             _Batch(
@@ -433,7 +435,8 @@ class Pipeline:
                 segment=segment,
             )
         )
-        self._pump()
+        if pump:
+            self._pump()
 
     def _pump(
         self, wait_s: float = 0.0, block: bool = False, deadline: float | None = None
