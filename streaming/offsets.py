@@ -96,11 +96,17 @@ class Segment:
     def read_all(self, records: Iterable[Record]) -> None:
         """Account for ``records`` in order: the same as :meth:`read` on each, in one call."""
         start, end = self.start, self.end
-        for record in records:
-            tp = (record.topic, record.partition)
-            if tp not in start:
-                start[tp] = record.offset
-            end[tp] = record.offset + 1
+        topic: str | None = None
+        partition = offset = -1
+        for record in records:  # sources hand out runs of one partition: act when a run ends
+            if record.partition != partition or record.topic != topic:
+                if topic is not None:
+                    end[(topic, partition)] = offset + 1
+                topic, partition = record.topic, record.partition
+                start.setdefault((topic, partition), record.offset)
+            offset = record.offset
+        if topic is not None:
+            end[(topic, partition)] = offset + 1
 
     def ranges(self) -> dict[TopicPartition, tuple[int, int]]:
         """``{tp: (first offset read, next offset)}``."""

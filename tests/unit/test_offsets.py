@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 
 import crc32c
 
+from streaming.base import Record
 from streaming.offsets import (
     DIGEST_KIND,
     Ledger,
@@ -100,3 +102,22 @@ def test_segment_tracks_first_read_and_next_offset_per_partition():
     seg.read(T1, 3)
     seg.read(T0, 9)  # a gap inside a partition (compaction) stays inside the range
     assert seg.ranges() == {T0: (7, 10), T1: (3, 4)}
+
+
+def test_read_all_is_read_on_each_record_for_runs_and_interleavings():
+    rng = random.Random(3)
+    tps = [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    for _ in range(200):
+        next_offset = {tp: rng.randrange(50) for tp in tps}
+        records = []
+        for _ in range(rng.randrange(0, 60)):
+            tp = rng.choice(tps) if rng.random() < 0.3 or not records else records[-1].tp
+            records.append(Record(tp[0], tp[1], next_offset[tp], None, b"x"))
+            next_offset[tp] += rng.choice([1, 1, 2])
+        one, many = Segment(), Segment()
+        for record in records:
+            one.read(record.tp, record.offset)
+        cut = rng.randrange(len(records) + 1)
+        many.read_all(records[:cut])
+        many.read_all(records[cut:])
+        assert (many.start, many.end) == (one.start, one.end)
