@@ -36,6 +36,7 @@ capped exponential backoff while the loop keeps polling, and ``/readyz`` says no
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -89,6 +90,8 @@ class PipelineSettings:
     dedup_prime_records: int = 1000
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
+    gc_freeze: bool = True
+
 
 
 class _Abandoned:
@@ -246,6 +249,11 @@ class Pipeline:
         last_log = started
         self._running = True
         self._started = time.monotonic()
+        if s.gc_freeze:
+            # What is alive now (modules, model, config: ~10^5-10^6 objects with torch loaded)
+            # lives as long as the run; frozen, a full collection no longer walks it (measured:
+            # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
+            gc.freeze()
         self._tokenizer.start()
         self._trainer.start()
         self._set_ready()
@@ -302,6 +310,8 @@ class Pipeline:
                     self._shutdown()
             finally:
                 self._running = False
+                if s.gc_freeze:
+                    gc.unfreeze()  # collectable again once the run is over
             self.summary.elapsed_s = time.monotonic() - started
             self.metrics.ready.set(0)
             self.health.set_ready(False, "stopped")
