@@ -5,13 +5,13 @@ one process that time and the pipeline's (decode, validate, de-duplicate, batch)
 interpreter lock and add up. :class:`FetcherSource` runs a :class:`~streaming.kafka.KafkaSource`
 in a child process (``python -m streaming.fetcher``) and talks to it over two pipes:
 
-* child → parent: frames ``<type:u8><length:u32><body>``. ``D`` carries records (a compact
-  binary layout, below), ``E`` a rebalance event, ``R`` a reply to a command, ``S`` the client's
+* child → parent: frames ``<type:u8><length:u32><body>``. ``D`` carries records (MessagePack,
+  column by column, below), ``E`` a rebalance event, ``R`` a reply to a command, ``S`` the client's
   state (connection, assignment, high-water marks; every half second), ``Y`` ready, ``X`` fatal.
 * parent → child: commands ``<length:u32><JSON>``: ``credit``, ``seek``, ``commit``,
   ``read_back``, ``done`` (a revoke has been handled) and ``close``.
 
-Nothing crosses the pipes as pickle; bodies are JSON or the record layout.
+Nothing crosses the pipes as pickle; bodies are JSON or MessagePack.
 
 Flow control: the child sends a ``D`` frame (one poll, at most ``max_poll_records`` records) only
 while it holds a credit; the parent returns one credit per frame it takes. Out of credit for a

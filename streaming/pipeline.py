@@ -93,7 +93,6 @@ class PipelineSettings:
     gc_freeze: bool = True
 
 
-
 class _Abandoned:
     """The result of a batch that was given up at a shutdown deadline (no step was made)."""
 
