@@ -15,7 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from learner.base import Example
-from streaming.events import FeedbackEvent
+from streaming.events import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    FeedbackEvent,
+    _plain_wire,
+    _Preference,
+    _Rating,
+    _Thumb,
+)
+
+PlainFields = tuple[str, float, Example, str, str, str]
+"""``(event_id, ts as epoch seconds, example, prompt, response, feedback type)``."""
 
 
 def to_example(event: FeedbackEvent) -> Example:
@@ -77,3 +88,43 @@ def _example(
     draft.__class__ = Example
     example: Example = draft
     return example
+
+
+def plain_training_fields(
+    raw: bytes | None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> PlainFields | None:
+    """What the pipeline needs of a plain valid event, without building the event itself.
+
+    For a payload that :func:`streaming.events.decode_event` accepts on its fast path, this is
+    ``(e.event_id, e.ts.timestamp(), to_example(e), e.prompt, e.response, e.feedback.type)``
+    for ``e = decode_event(raw, limits)``, made from the same checked values; ``None`` for any
+    other payload (the caller then decodes it in full, which explains any rejection).
+
+    Example:
+        >>> fields = plain_training_fields(b'{"event_id": "e-1", "ts": "2026-11-28T10:00:00Z", '
+        ...     b'"prompt": "p", "response": "r", "feedback": {"type": "rating", "value": 5}}')
+        >>> fields[0], fields[1], fields[2].target, fields[5]
+        ('e-1', 1795860000.0, 1.0, 'rating')
+        >>> plain_training_fields(b'{"event_id": "e-1"}') is None
+        True
+    """
+    if type(raw) is not bytes or len(raw) > limits.max_event_bytes:
+        return None
+    plain = _plain_wire(raw, limits.max_text_chars)
+    if plain is None:
+        return None
+    wire, _, weight, ts = plain
+    prompt, response, fb = wire.prompt, wire.response, wire.feedback
+    if isinstance(fb, _Thumb):
+        kind = "thumb"
+        example = _example(prompt, response, 1.0 if fb.value == 1 else 0.0, None, weight)
+    elif isinstance(fb, _Rating):
+        kind = "rating"
+        example = _example(prompt, response, (float(fb.value) - 1.0) / 4.0, None, weight)
+    elif isinstance(fb, _Preference):
+        kind = "preference"
+        example = _example(prompt, fb.chosen, None, fb.rejected, weight)
+    else:
+        kind = "correction"
+        example = _example(prompt, fb.text, None, response, weight)
+    return wire.event_id, ts.timestamp(), example, prompt, response, kind

@@ -888,13 +888,13 @@ class _WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 _WIRE_DECODER: Final = msgspec.json.Decoder(_WireEvent)
 
 
-def _decode_fast(raw: bytes, max_chars: int) -> FeedbackEvent | None:
-    """The event :func:`_decode_reference` would return for ``raw``, or None when unsure.
+def _plain_wire(raw: bytes, max_chars: int) -> tuple[_WireEvent, int, float, datetime] | None:
+    """``(wire, schema version, weight, ts)`` of a plain valid event that fits the limits.
 
-    None means ``raw`` is not a plain valid event that fits the limits: it may be invalid, carry
-    unknown fields, need truncation, or merely be unusual (a weight of ``1e-400``); the caller
-    then asks :func:`_decode_reference`. An event returned here is equal, field by field, to
-    the one the reference decoder gives.
+    None when ``raw`` is anything else: invalid, carrying unknown fields, needing truncation,
+    or merely unusual (a weight of ``1e-400``). Every check of a plain event is made here:
+    what is returned becomes, without further checks, the event :func:`_decode_fast` gives
+    or the example :func:`streaming.convert.plain_training_fields` gives.
     """
     try:
         wire = _WIRE_DECODER.decode(raw)
@@ -909,29 +909,23 @@ def _decode_fast(raw: bytes, max_chars: int) -> FeedbackEvent | None:
     event_id = wire.event_id
     if not event_id or len(event_id) > _MAX_EVENT_ID_CHARS or event_id.isspace():
         return None
-    prompt = wire.prompt
-    response = wire.response
-    if len(prompt) > max_chars or len(response) > max_chars:
+    if len(wire.prompt) > max_chars or len(wire.response) > max_chars:
         return None
 
     fb = wire.feedback
-    feedback: Feedback | None
     if isinstance(fb, _Thumb):
-        feedback = _THUMBS.get(fb.value)
-    elif isinstance(fb, _Rating):
-        feedback = _RATINGS.get(fb.value)
-    elif isinstance(fb, _Preference):
-        chosen, rejected = fb.chosen, fb.rejected
-        if len(chosen) > max_chars or len(rejected) > max_chars:
+        if fb.value not in _THUMBS:
             return None
-        feedback = _validated_feedback("preference", chosen=chosen, rejected=rejected)
+    elif isinstance(fb, _Rating):
+        if fb.value not in _RATINGS:
+            return None
+    elif isinstance(fb, _Preference):
+        if len(fb.chosen) > max_chars or len(fb.rejected) > max_chars:
+            return None
     else:
         text = fb.text
         if not text or len(text) > max_chars or text.isspace():
             return None
-        feedback = _validated_feedback("correction", text=text)
-    if feedback is None:
-        return None
 
     weight = wire.weight
     if weight is None:
@@ -948,11 +942,35 @@ def _decode_fast(raw: bytes, max_chars: int) -> FeedbackEvent | None:
     ts = _parse_ts(wire.ts)
     if isinstance(ts, str):
         return None
+    return wire, version, weight, ts
+
+
+def _decode_fast(raw: bytes, max_chars: int) -> FeedbackEvent | None:
+    """The event :func:`_decode_reference` would return for ``raw``, or None when unsure.
+
+    None means ``raw`` is not a plain valid event that fits the limits (see
+    :func:`_plain_wire`); the caller then asks :func:`_decode_reference`. An event returned here
+    is equal, field by field, to the one the reference decoder gives.
+    """
+    plain = _plain_wire(raw, max_chars)
+    if plain is None:
+        return None
+    wire, version, weight, ts = plain
+    fb = wire.feedback
+    feedback: Feedback
+    if isinstance(fb, _Thumb):
+        feedback = _THUMBS[fb.value]
+    elif isinstance(fb, _Rating):
+        feedback = _RATINGS[fb.value]
+    elif isinstance(fb, _Preference):
+        feedback = _validated_feedback("preference", chosen=fb.chosen, rejected=fb.rejected)
+    else:
+        feedback = _validated_feedback("correction", text=fb.text)
     return _validated_event(
-        event_id,
+        wire.event_id,
         ts,
-        prompt,
-        response,
+        wire.prompt,
+        wire.response,
         feedback,
         wire.model_version,
         wire.conversation_id,

@@ -57,7 +57,7 @@ from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
 from streaming.batcher import MicroBatcher
-from streaming.convert import to_example
+from streaming.convert import plain_training_fields, to_example
 from streaming.deadletter import send_to_dead_letter
 from streaming.dedup import Deduplicator
 from streaming.errors import FeedstepError, PipelineError
@@ -343,22 +343,32 @@ class Pipeline:
         try:
             for i, record in enumerate(records):
                 summary.consumed += 1
-                decoded = decode_event(record.value, limits)
-                if isinstance(decoded, Rejection):
-                    self._reject(record, decoded)
-                    self._segment.rejected += 1
-                    continue
-                event: FeedbackEvent = decoded
-                event_id = event.event_id
-                for name in event.truncated_fields:
-                    truncated.labels(field=name).inc()
+                # A plain valid event gives what a batch needs without building the event;
+                # anything else takes the complete decoder, which explains a rejection.
+                plain = plain_training_fields(record.value, limits)
+                event: FeedbackEvent | None = None
+                if plain is not None:
+                    event_id, ts_s, example, prompt, response, kind = plain
+                else:
+                    decoded = decode_event(record.value, limits)
+                    if isinstance(decoded, Rejection):
+                        self._reject(record, decoded)
+                        self._segment.rejected += 1
+                        continue
+                    event = decoded
+                    event_id = event.event_id
+                    for name in event.truncated_fields:
+                        truncated.labels(field=name).inc()
                 if dedup.check_and_add(event_id):
                     summary.duplicates += 1
                     self._segment.duplicates += 1
                     duplicates += 1
                     continue
                 try:
-                    example = to_example(event)
+                    if event is not None:
+                        example = to_example(event)
+                        ts_s = event.ts_epoch_s
+                        prompt, response, kind = event.prompt, event.response, event.feedback.type
                     if check is not None:
                         check(example)
                 except ValueError as exc:  # a valid event the objective cannot use
@@ -370,12 +380,8 @@ class Pipeline:
                 self._segment.event_ids.append(event_id)
                 unapplied.add(event_id)
                 accepted += 1
-                features = (
-                    features_of(event.prompt, event.response, event.feedback.type)
-                    if with_features
-                    else None
-                )
-                full = batcher.add((example, event.ts.timestamp(), features))  # ts_epoch_s
+                features = features_of(prompt, response, kind) if with_features else None
+                full = batcher.add((example, ts_s, features))
                 if full:
                     self._segment.read_all(records[first : i + 1])
                     first = i + 1

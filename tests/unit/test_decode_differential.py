@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from learner.base import Example
-from streaming.convert import to_example
+from streaming.convert import plain_training_fields, to_example
 from streaming.events import (
     DEFAULT_LIMITS,
     DecodeLimits,
@@ -78,8 +78,16 @@ def check(raw: Any, limits: DecodeLimits) -> str:
     assert type(got.extra) is MappingProxyType
     assert repr(got) == repr(want), raw  # also tells 1 from 1.0 and True inside extra
     fast = type(raw) is bytes and len(raw) <= limits.max_event_bytes
+    plain = plain_training_fields(raw, limits)
     if fast and _decode_fast(raw, limits.max_text_chars) is not None:
+        # the pipeline's shortcut gives what the event and to_example give
+        example = to_example(got)
+        assert plain is not None, raw
+        assert plain[:2] == (got.event_id, got.ts.timestamp()), raw
+        assert repr(plain[2]) == repr(example) and plain[2] == example, raw
+        assert plain[3:] == (got.prompt, got.response, got.feedback.type), raw
         return "fast"
+    assert plain is None, raw
     return "reference"
 
 
