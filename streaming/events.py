@@ -698,13 +698,15 @@ def _decode_object(obj: dict[str, Any], limits: DecodeLimits) -> FeedbackEvent |
 
 
 def decode_event(
-    raw: bytes | None, limits: DecodeLimits = DEFAULT_LIMITS
+    raw: bytes | None, limits: DecodeLimits = DEFAULT_LIMITS, fast: bool = True
 ) -> FeedbackEvent | Rejection:
     """Decode and validate one Kafka message value; never raises on bad input.
 
     Args:
         raw: The message value (UTF-8 JSON), or ``None`` for a tombstone.
         limits: Size, depth and text limits.
+        fast: Try the fast path for plain valid events first. False skips it, for a caller
+            that has already seen it decline ``raw`` (the result is the same either way).
 
     Returns:
         The event, or a :class:`Rejection` saying why the payload was refused.
@@ -720,7 +722,7 @@ def decode_event(
     """
     # A plain valid event (the usual case) is accepted by the fast path; everything else, and
     # every rejection with its message, is the reference decoder's.
-    if type(raw) is bytes and len(raw) <= limits.max_event_bytes:
+    if fast and type(raw) is bytes and len(raw) <= limits.max_event_bytes:
         event = _decode_fast(raw, limits.max_text_chars)
         if event is not None:
             return event

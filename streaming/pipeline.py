@@ -349,8 +349,8 @@ class Pipeline:
                 event: FeedbackEvent | None = None
                 if plain is not None:
                     event_id, ts_s, example, prompt, response, kind = plain
-                else:
-                    decoded = decode_event(record.value, limits)
+                else:  # the fast path declines it too: straight to the complete decoder
+                    decoded = decode_event(record.value, limits, fast=False)
                     if isinstance(decoded, Rejection):
                         self._reject(record, decoded)
                         self._segment.rejected += 1

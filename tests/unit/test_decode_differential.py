@@ -68,6 +68,8 @@ def check(raw: Any, limits: DecodeLimits) -> str:
     """
     got = decode_event(raw, limits)
     want = _decode_reference(raw, limits)
+    slow = decode_event(raw, limits, fast=False)
+    assert type(slow) is type(want) and repr(slow) == repr(want), raw
     assert type(got) is type(want), (raw, got, want)
     if isinstance(want, Rejection):
         assert (got.reason, got.detail) == (want.reason, want.detail), raw
