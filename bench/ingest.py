@@ -18,6 +18,9 @@ from the start:
   through a checkpoint manager that writes nothing (the checkpoint's own cost is the
   learner's, not ingest's); ``--commit-every-steps 0`` runs without checkpoints, so the
   pipeline commits synchronously after every step, as ``checkpoint_every_steps = 0`` does.
+  As in ``feedstep run``, the consumer reads record batches with feedstep's reader
+  (``--record-reader kafka-python`` for kafka-python's) and the fetcher process decodes plain
+  events beside the pipeline (``--no-predecode``: the pipeline decodes every event itself).
 
 Both sides run the same kafka-python, which checks the CRC-32C of every record batch it reads:
 in C when the ``crc32c`` package is installed (a feedstep dependency), otherwise in a Python
@@ -223,6 +226,9 @@ class _Clocked(Source):
     def read_back(self, tp, count):  # type: ignore[no-untyped-def]
         return self.inner.read_back(tp, count)
 
+    def predecode(self, limits):  # type: ignore[no-untyped-def]
+        return self.inner.predecode(limits)
+
     def set_rebalance_hooks(self, on_revoke, on_assign):  # type: ignore[no-untyped-def]
         self.inner.set_rebalance_hooks(on_revoke, on_assign)
 
@@ -237,6 +243,8 @@ def run_feedstep(
     fetcher: str,
     prefetch_polls: int = 4,
     queue_batches: int | None = None,
+    record_reader: str = "feedstep",
+    predecode: bool = True,
     profile: cProfile.Profile | None = None,
 ) -> Run:
     """The real Pipeline over a KafkaSource (fresh group) with a no-op learner."""
@@ -248,6 +256,7 @@ def run_feedstep(
             "max_poll_records": max_poll_records,
             "kafka_fetcher": fetcher,
             "fetcher_prefetch_polls": prefetch_polls,
+            "kafka_record_reader": record_reader,
         },
         environ={},
     )
@@ -259,6 +268,7 @@ def run_feedstep(
         stop_after_events=events,
         log_every_s=3600,
         checkpoint_every_steps=max(1, commit_every_steps),
+        predecode=predecode,
     )
     if queue_batches is not None:
         settings = dataclasses.replace(settings, queue_batches=queue_batches)
@@ -335,6 +345,17 @@ def main() -> int:
     parser.add_argument(
         "--queue-batches", type=int, help="PipelineSettings.queue_batches (default: its default)"
     )
+    parser.add_argument(
+        "--record-reader",
+        choices=("feedstep", "kafka-python"),
+        default="feedstep",
+        help="feedstep's kafka_record_reader (the bare loop always uses kafka-python's)",
+    )
+    parser.add_argument(
+        "--no-predecode",
+        action="store_true",
+        help="the fetcher process does not decode plain events; the pipeline decodes them all",
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile one more feedstep run")
     parser.add_argument("--delete-topic", action="store_true", help="delete the topic at the end")
     args = parser.parse_args()
@@ -361,6 +382,8 @@ def main() -> int:
         args.fetcher,
         args.prefetch_polls,
         args.queue_batches,
+        args.record_reader,
+        not args.no_predecode,
     )
     for repeat in range(args.repeats):
         order = ("bare", "feedstep") if repeat % 2 == 0 else ("feedstep", "bare")
@@ -387,7 +410,8 @@ def main() -> int:
     feed = statistics.median(r.rate for r in runs if r.side == "feedstep")
     print(
         f"median events/s: bare {bare:.0f}, feedstep {feed:.0f} (batch {args.batch_size}, "
-        f"commit every {args.commit_every_steps or 1} steps)"
+        f"commit every {args.commit_every_steps or 1} steps, "
+        f"{args.record_reader} record reader, predecode {'off' if args.no_predecode else 'on'})"
     )
     print(f"ratio={feed / bare:.3f}")
     return 0

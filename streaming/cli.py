@@ -243,6 +243,7 @@ def _pipeline_settings(config: Any) -> Any:
         checkpoint_every_steps=max(1, config.checkpoint_every_steps),
         checkpoint_every_s=config.checkpoint_every_s,
         shutdown_timeout_s=config.shutdown_timeout_s,
+        predecode=config.predecode,
     )
 
 

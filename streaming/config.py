@@ -60,6 +60,12 @@ class FeedstepConfig(BaseSettings):
     records to the pipeline over a pipe, so fetching and the pipeline use two cores —, or
     ``thread`` — inside the pipeline's process (one interpreter lock for both)."""
     fetcher_prefetch_polls: int = Field(4, ge=1)
+    kafka_record_reader: Literal["feedstep", "kafka-python"] = "feedstep"
+    """Who reads fetched record batches: ``feedstep`` (``streaming.recordbatch``, about twice
+    as fast per record; plain v2 batches only, anything else falls back) or ``kafka-python``."""
+    predecode: bool = True
+    """``process`` fetcher: it also decodes plain events, beside the pipeline (the two
+    processes split the per-event cost). Off: the pipeline decodes every event itself."""
     """``process`` fetcher: polls (of up to ``max_poll_records``) fetched ahead of the pipeline."""
     # Events
     max_text_chars: int = Field(8192, ge=1)

@@ -15,15 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from learner.base import Example
-from streaming.events import (
-    DEFAULT_LIMITS,
-    DecodeLimits,
-    FeedbackEvent,
-    _plain_wire,
-    _Preference,
-    _Rating,
-    _Thumb,
-)
+from streaming.events import DEFAULT_LIMITS, DecodeLimits, FeedbackEvent
+from streaming.plain import KINDS, PlainValues, plain_values
 
 PlainFields = tuple[str, float, Example, str, str, str]
 """``(event_id, ts as epoch seconds, example, prompt, response, feedback type)``."""
@@ -108,23 +101,16 @@ def plain_training_fields(
         >>> plain_training_fields(b'{"event_id": "e-1"}') is None
         True
     """
-    if type(raw) is not bytes or len(raw) > limits.max_event_bytes:
-        return None
-    plain = _plain_wire(raw, limits.max_text_chars)
-    if plain is None:
-        return None
-    wire, _, weight, ts = plain
-    prompt, response, fb = wire.prompt, wire.response, wire.feedback
-    if isinstance(fb, _Thumb):
-        kind = "thumb"
-        example = _example(prompt, response, 1.0 if fb.value == 1 else 0.0, None, weight)
-    elif isinstance(fb, _Rating):
-        kind = "rating"
-        example = _example(prompt, response, (float(fb.value) - 1.0) / 4.0, None, weight)
-    elif isinstance(fb, _Preference):
-        kind = "preference"
-        example = _example(prompt, fb.chosen, None, fb.rejected, weight)
-    else:
-        kind = "correction"
-        example = _example(prompt, fb.text, None, response, weight)
-    return wire.event_id, ts.timestamp(), example, prompt, response, kind
+    values = plain_values(raw, limits)
+    return None if values is None else from_plain(values)
+
+
+def from_plain(values: PlainValues) -> PlainFields:
+    """:data:`PlainFields` of a :func:`streaming.plain.plain_values` result (a list will do).
+
+    This is the part of :func:`plain_training_fields` left once another process (the fetcher)
+    has run ``plain_values``: building the example.
+    """
+    event_id, ts, kind, prompt, response, shown, target, rejected, weight = values
+    example = _example(prompt, response if shown is None else shown, target, rejected, weight)
+    return event_id, ts, example, prompt, response, KINDS[kind]

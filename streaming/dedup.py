@@ -11,7 +11,10 @@ distinct ids to arrive.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
+
+_CHUNK = 2048
+"""Ids per sealed chunk of the first-seen order (see :class:`Deduplicator`)."""
 
 
 class Deduplicator:
@@ -30,7 +33,7 @@ class Deduplicator:
         (False, ['b', 'c'])
     """
 
-    __slots__ = ("_window", "_seen", "_order")
+    __slots__ = ("_window", "_seen", "_sealed", "_tail", "_head")
 
     def __init__(self, window: int = 100_000) -> None:
         if type(window) is not int or window < 1:
@@ -39,11 +42,16 @@ class Deduplicator:
                 "of recent event ids to remember"
             )
         self._window = window
-        # A set for membership and a deque for first-seen order: both O(1) per event, and a
-        # snapshot (every checkpoint) copies the deque, several times faster than walking an
-        # OrderedDict of 100,000 ids.
+        # A set for membership, and the first-seen order in chunks: ``_sealed`` holds full
+        # chunks as tuples (never changed again), ``_tail`` the newest ids, and ``_head`` how
+        # many ids at the front of the oldest chunk (the tail when nothing is sealed) are
+        # already forgotten. Adding and forgetting the oldest stay O(1) per event, and a
+        # checkpoint's snapshot (:meth:`snapshot_chunks`) shares the sealed tuples instead of
+        # copying 100,000 references every time.
         self._seen: set[str] = set()
-        self._order: deque[str] = deque()
+        self._sealed: deque[tuple[str, ...]] = deque()
+        self._tail: list[str] = []
+        self._head = 0
 
     @property
     def window(self) -> int:
@@ -64,10 +72,19 @@ class Deduplicator:
         if event_id in seen:
             return True
         seen.add(event_id)
-        order = self._order
-        order.append(event_id)
-        if len(order) > self._window:
-            seen.discard(order.popleft())
+        tail = self._tail
+        tail.append(event_id)
+        if len(tail) >= _CHUNK:
+            self._sealed.append(tuple(tail))
+            self._tail = []
+        if len(seen) > self._window:
+            sealed = self._sealed
+            front = sealed[0] if sealed else self._tail
+            seen.discard(front[self._head])
+            self._head += 1
+            if sealed and self._head == len(front):
+                sealed.popleft()
+                self._head = 0
         return False
 
     def __contains__(self, event_id: object) -> bool:
@@ -82,53 +99,77 @@ class Deduplicator:
     def forget(self, event_ids: Iterable[str]) -> None:
         """Forget ``event_ids``, e.g. those of a batch given up before it was applied.
 
-        Their events will be read again and must not count as duplicates then.
+        Their events will be read again and must not count as duplicates then. Ids among the
+        newest (the usual case) are taken out where they are; otherwise the order is rebuilt.
         """
         remaining = {i for i in event_ids if i in self._seen}
         if not remaining:
             return
         self._seen -= remaining
-        order = self._order
-        kept: list[str] = []  # popped from the right but not forgotten
-        while remaining and order:
-            event_id = order.pop()
-            if event_id in remaining:
-                remaining.discard(event_id)
-            else:
-                kept.append(event_id)
-            if len(kept) > 4096:  # not near the newest ids: rebuild once instead
-                order.extend(reversed(kept))
-                kept = []
-                self._order = deque(i for i in order if i not in remaining)
-                break
-        order.extend(reversed(kept))
+        tail = self._tail
+        low = 0 if self._sealed else self._head  # tail[:low] are forgotten already
+        at = len(tail)
+        while remaining and at > low:  # the newest occurrence of an id is its live one
+            at -= 1
+            if tail[at] in remaining:
+                remaining.discard(tail[at])
+                del tail[at]
+        if remaining:  # older than the tail: rebuild once
+            ids = [i for chunk in self._chunks() for i in chunk if i not in remaining]
+            self._load(ids)
+
+    def _chunks(self) -> list[Sequence[str]]:
+        """The remembered ids in first-seen order, as chunks (the oldest one sliced)."""
+        sealed, tail, head = self._sealed, self._tail, self._head
+        chunks: list[Sequence[str]] = list(sealed)
+        chunks.append(tail[head:] if not sealed else list(tail))
+        if sealed and head:
+            chunks[0] = chunks[0][head:]
+        return chunks
+
+    def _load(self, ids: Iterable[str]) -> None:
+        self._seen = set()
+        self._sealed = deque()
+        self._tail = []
+        self._head = 0
+        for event_id in ids:
+            self.check_and_add(event_id)
 
     def snapshot(self, exclude: Set[str] = frozenset()) -> list[str]:
-        """The remembered ids, oldest first, for a checkpoint; see :meth:`restore`.
+        """The remembered ids, oldest first, as one list; see :meth:`snapshot_chunks`."""
+        return [i for chunk in self.snapshot_chunks(exclude) for i in chunk]
+
+    def snapshot_chunks(self, exclude: Set[str] = frozenset()) -> list[Sequence[str]]:
+        """The remembered ids, oldest first, in chunks, for a checkpoint; see :meth:`restore`.
+
+        Full chunks are shared with the deduplicator (tuples: they never change), so a
+        snapshot of 100,000 ids costs a few dozen references and a copy of the newest ids.
 
         Args:
             exclude: Ids to leave out (e.g. those of events read but not yet applied). They
-                are usually among the newest, so only the tail holding them is filtered.
+                are usually among the newest, so only the chunks holding them are filtered.
         """
-        ids = list(self._order)
-        if not exclude:
-            return ids
-        left = len(self._seen.intersection(exclude))  # how many of ``ids`` to leave out
-        at = len(ids)
-        while left:  # walk back from the newest until every one of them is passed
+        chunks = self._chunks()
+        left = len(self._seen.intersection(exclude)) if exclude else 0
+        at = len(chunks)
+        while left:  # walk back from the newest until every excluded id is passed
             at -= 1
-            if ids[at] in exclude:
-                left -= 1
-        ids[at:] = [i for i in ids[at:] if i not in exclude]
-        return ids
+            chunk = chunks[at]
+            kept = [i for i in chunk if i not in exclude]
+            left -= len(chunk) - len(kept)
+            chunks[at] = kept
+        return chunks
 
     @classmethod
-    def restore(cls, ids: Iterable[str], window: int = 100_000) -> Deduplicator:
-        """Rebuild a deduplicator from :meth:`snapshot` output.
+    def restore(
+        cls, ids: Iterable[str] | Iterable[Sequence[str]], window: int = 100_000
+    ) -> Deduplicator:
+        """Rebuild a deduplicator from :meth:`snapshot` or :meth:`snapshot_chunks` output.
 
         Args:
-            ids: Remembered ids, oldest first. If there are more than ``window``, only the
-                newest ``window`` are kept; repeated ids keep their first position.
+            ids: Remembered ids, oldest first: one flat list, or a list of chunks. If there
+                are more than ``window``, only the newest ``window`` are kept; repeated ids
+                keep their first position.
             window: The window of the new deduplicator (>= 1).
 
         Returns:
@@ -137,8 +178,13 @@ class Deduplicator:
         Example:
             >>> Deduplicator.restore(["a", "b", "c"], window=2).snapshot()
             ['b', 'c']
+            >>> Deduplicator.restore([["a", "b"], ["c"]], window=2).snapshot()
+            ['b', 'c']
         """
         dedup = cls(window)
-        for event_id in ids:
-            dedup.check_and_add(event_id)
+        items = list(ids)
+        if items and not isinstance(items[0], str):
+            dedup._load(i for chunk in items for i in chunk)  # type: ignore[union-attr]
+        else:
+            dedup._load(items)  # type: ignore[arg-type]
         return dedup

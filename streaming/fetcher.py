@@ -9,7 +9,15 @@ in a child process (``python -m streaming.fetcher``) and talks to it over two pi
   column by column, below), ``E`` a rebalance event, ``R`` a reply to a command, ``S`` the client's
   state (connection, assignment, high-water marks; every half second), ``Y`` ready, ``X`` fatal.
 * parent → child: commands ``<length:u32><JSON>``: ``credit``, ``seek``, ``commit``,
-  ``read_back``, ``done`` (a revoke has been handled) and ``close``.
+  ``read_back``, ``predecode``, ``done`` (a revoke has been handled) and ``close``.
+
+Decoding beside the pipeline: after ``predecode`` (:meth:`FetcherSource.predecode`, which the
+pipeline calls as it starts) the child also runs ``streaming.plain.plain_values`` on every value
+it sends, with the pipeline's limits, and ships the result (false for a value that needs the
+complete decoder) in a column of its own. The pipeline then skips that work for
+those records: the two processes split the per-event cost instead of the pipeline carrying
+all of it. Every ``predecode`` bumps a number carried by each ``D`` frame; decoded columns of
+frames sent under older limits are ignored.
 
 Nothing crosses the pipes as pickle; bodies are JSON or MessagePack.
 
@@ -31,6 +39,7 @@ exits when the parent closes it or dies (its stdin reaches end of file).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import logging
 import os
@@ -51,6 +60,8 @@ import orjson
 from streaming.base import Record, Source, TopicPartition
 from streaming.config import FeedstepConfig
 from streaming.errors import BrokerUnavailable, CommitRejected, SourceBusy, SourceError
+from streaming.events import DecodeLimits
+from streaming.plain import plain_values
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +69,10 @@ log = logging.getLogger(__name__)
 DATA, EVENT, REPLY, STATE, READY, FATAL = b"D", b"E", b"R", b"S", b"Y", b"X"
 _FRAME = struct.Struct("<cI")
 _CMD = struct.Struct("<I")
-# D body (MessagePack): [generation, [group, ...]], one group per partition, column by column:
-# [topic, partition, [offset...], [timestamp ms or nil...], [key or nil...], [value or nil...],
-#  [[[header name, header value]...] per record] or nil when no record has headers].
+# D body (MessagePack): [generation, decode generation, [group, ...]], one group per
+# partition, column by column: [topic, partition, [offset...], [timestamp ms or nil...],
+# [key or nil...], [value or nil...], [[[header name, header value]...] per record] or nil when
+# no record has headers, [plain_values(...) or false per record] or nil when not predecoding].
 # Columns cost a list comprehension each to build and one C call to pack and unpack.
 _Group = tuple[
     str,
@@ -70,9 +82,10 @@ _Group = tuple[
     list[bytes | None],
     list[bytes | None],
     list[tuple[tuple[str, bytes], ...]] | None,
+    list[Any] | None,
 ]
 _PACK = msgspec.msgpack.Encoder().encode
-_UNPACK = msgspec.msgpack.Decoder(tuple[int, list[_Group]]).decode
+_UNPACK = msgspec.msgpack.Decoder(tuple[int, int, list[_Group]]).decode
 _ERRORS: dict[str, type[SourceError]] = {
     "BrokerUnavailable": BrokerUnavailable,
     "CommitRejected": CommitRejected,
@@ -84,13 +97,26 @@ def _reply_error(reply: dict[str, Any]) -> SourceError:
     return _ERRORS.get(reply.get("kind", ""), SourceError)(reply["error"])
 
 
-def encode_records(generation: int, batches: Mapping[Any, list[Any]]) -> bytes:
-    """A ``D`` body from kafka-python's ``poll()`` result (``{TopicPartition: [records]}``)."""
+def encode_records(
+    generation: int,
+    batches: Mapping[Any, list[Any]],
+    limits: DecodeLimits | None = None,
+    decode_generation: int = 0,
+) -> bytes:
+    """A ``D`` body from kafka-python's ``poll()`` result (``{TopicPartition: [records]}``).
+
+    With ``limits``, each group also carries its values' ``plain_values(value, limits)``
+    (false where that is None), under ``decode_generation``.
+    """
     groups = []
     for tp, records in batches.items():
         headers = None
         if any(r.headers for r in records):
             headers = [tuple((k, v or b"") for k, v in r.headers) for r in records]
+        values = [r.value for r in records]
+        decoded = None
+        if limits is not None:
+            decoded = [_predecoded(v, limits) for v in values]
         groups.append(
             (
                 tp.topic,
@@ -98,29 +124,43 @@ def encode_records(generation: int, batches: Mapping[Any, list[Any]]) -> bytes:
                 [r.offset for r in records],
                 [r.timestamp for r in records],
                 [r.key for r in records],
-                [r.value for r in records],
+                values,
                 headers,
+                decoded,
             )
         )
-    return _PACK((generation, groups))
+    try:
+        return _PACK((generation, decode_generation, groups))
+    except UnicodeEncodeError:  # a decoded text with a lone surrogate: the parent decodes all
+        return _PACK((generation, decode_generation, [g[:7] + (None,) for g in groups]))
+
+
+def _predecoded(value: bytes | None, limits: DecodeLimits) -> Any:
+    plain = plain_values(value, limits)
+    return False if plain is None else plain
 
 
 def decode_records(
     body: bytes,
     stale: Callable[[TopicPartition, int], bool] | None = None,
     ends: dict[TopicPartition, int] | None = None,
+    decode_generation: int | None = None,
 ) -> list[Record]:
     """The records of a ``D`` body, skipping partitions for which ``stale(tp, generation)``.
 
     ``ends``, when given, receives the next offset after the last record of each partition kept.
+    Decoded columns become :attr:`Record.decoded` only when the frame was encoded under
+    ``decode_generation``.
     """
-    generation, groups = _UNPACK(body)
+    generation, decoded_under, groups = _UNPACK(body)
     out: list[Record] = []
     repeat = itertools.repeat
-    for topic, partition, offsets, stamps, keys, values, headers in groups:
+    for topic, partition, offsets, stamps, keys, values, headers, decoded in groups:
         if not offsets or (stale is not None and stale((topic, partition), generation)):
             continue
         n = len(offsets)
+        if decoded is None or decoded_under != decode_generation:
+            decoded = repeat(None, n)  # type: ignore[assignment]
         out.extend(
             map(
                 Record,
@@ -131,6 +171,7 @@ def decode_records(
                 values,
                 stamps,
                 repeat((), n) if headers is None else headers,
+                decoded,  # type: ignore[arg-type]
             )
         )
         if ends is not None:
@@ -187,6 +228,7 @@ class FetcherSource(Source):
     ) -> None:
         self._rpc_timeout_s = rpc_timeout_s
         self._prefetch = prefetch_polls  # granted on the first poll: nothing is fetched before
+        self._decode_generation = 0  # of the last predecode command (0: none sent)
         self._on_revoke: Callable[[list[TopicPartition]], None] | None = None
         self._on_assign: Callable[[list[TopicPartition]], None] | None = None
         self._inbox: queue.SimpleQueue[tuple[bytes, bytes]] = queue.SimpleQueue()
@@ -350,7 +392,10 @@ class FetcherSource(Source):
             if kind == DATA:
                 self._send({"op": "credit", "n": 1})
                 self._buffer = decode_records(
-                    body, self._stale if self._seek_gen else None, self._position
+                    body,
+                    self._stale if self._seek_gen else None,
+                    self._position,
+                    self._decode_generation,
                 )
                 self._at = 0
                 continue
@@ -476,6 +521,18 @@ class FetcherSource(Source):
         self._buffer = [r for r in rest if r.tp not in offsets]
         self._at = 0
 
+    def predecode(self, limits: DecodeLimits) -> bool:
+        """From now on the child also decodes plain events, with ``limits`` (see the module doc)."""
+        self._decode_generation += 1
+        self._send(
+            {
+                "op": "predecode",
+                "gen": self._decode_generation,
+                "limits": dataclasses.asdict(limits),
+            }
+        )
+        return True
+
     def read_back(self, tp: TopicPartition, count: int) -> list[bytes | None]:
         """Values of up to ``count`` records before where ``tp`` started (see KafkaSource)."""
         values = self._rpc("read_back", tp=list(tp), count=count) or []
@@ -555,6 +612,8 @@ class _Fetcher:
         self.generation = 0
         self.credits = 0
         self.closing = False
+        self.limits: DecodeLimits | None = None
+        self.decode_generation = 0
         self.source: Any = None
 
     def send(self, kind: bytes, body: bytes) -> None:
@@ -598,6 +657,10 @@ class _Fetcher:
         op = command.get("op")
         if op == "credit":
             self.credits += int(command.get("n", 1))
+            return
+        if op == "predecode":
+            self.limits = DecodeLimits(**command["limits"])
+            self.decode_generation = int(command["gen"])
             return
         if op in ("close", "eof"):
             self.closing = True
@@ -698,7 +761,10 @@ class _Fetcher:
                     paused = True
                 batches = consumer.poll(timeout_ms=0)
             if batches:
-                self.send(DATA, encode_records(self.generation, batches))
+                self.send(
+                    DATA,
+                    encode_records(self.generation, batches, self.limits, self.decode_generation),
+                )
                 self.credits -= 1
 
 

@@ -18,6 +18,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from streaming import recordbatch
 from streaming.base import Record, Sink, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
@@ -142,6 +143,8 @@ class KafkaSource(Source):
                 f"no Kafka broker answers at {config.bootstrap_servers}; start one "
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
+        if config.kafka_record_reader == "feedstep":
+            recordbatch.install(self._consumer)
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         try:  # know the topic's partitions before joining, or the first assignment is empty
             self._consumer.partitions_for_topic(config.topic)

@@ -8,6 +8,7 @@ processes ending when the other dies.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -360,3 +361,66 @@ def test_a_member_without_partitions_does_not_spin(kafka_bootstrap, topic_name):
     finally:
         first.close()
         second.close()
+
+
+def test_both_record_readers_read_the_same_records(kafka_bootstrap, topic_name):
+    """feedstep's batch reader and kafka-python's, over plain and gzip batches from a broker."""
+    from streaming.kafka import KafkaSource
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)])
+    admin.close()
+    rng = random.Random(11)
+    for compression in (None, "gzip"):
+        producer = KafkaProducer(
+            bootstrap_servers=kafka_bootstrap, linger_ms=5, compression_type=compression
+        )
+        for i in range(400):
+            value = None if i % 97 == 0 else rng.randbytes(rng.choice([0, 10, 300, 9000]))
+            headers = [("h", rng.choice([b"", b"x"]))] if i % 5 == 0 else []
+            producer.send(
+                topic_name, value=value, key=b"k%d" % (i % 7), headers=headers, partition=i % 2
+            )
+        producer.flush()
+        producer.close()
+    reads = {}
+    for reader in ("feedstep", "kafka-python"):
+        source = KafkaSource(
+            _config(
+                kafka_bootstrap, topic_name, f"{topic_name}-{reader}", kafka_record_reader=reader
+            )
+        )
+        try:
+            reads[reader] = _poll_until(source, 800)
+        finally:
+            source.close()
+    assert len(reads["feedstep"]) == 800
+    key = lambda r: (r.partition, r.offset)  # noqa: E731 - the two polls may interleave otherwise
+    assert sorted(reads["feedstep"], key=key) == sorted(reads["kafka-python"], key=key)
+
+
+def test_the_fetcher_decodes_plain_events_once_asked(kafka_bootstrap, topic_name):
+    from streaming.events import DecodeLimits
+    from streaming.plain import plain_values
+    from streaming.simulate import SimulatedFeedback
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1)])
+    admin.close()
+    payloads = list(SimulatedFeedback(seed=4).payloads(300)) + [b"{}", b"not json"]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+    for payload in payloads:
+        producer.send(topic_name, value=payload, partition=0)
+    producer.flush()
+    producer.close()
+    limits = DecodeLimits(max_text_chars=97)
+    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    try:
+        assert source.predecode(limits) is True  # before the first poll: every frame decoded
+        records = _poll_until(source, len(payloads))
+    finally:
+        source.close()
+    assert [r.value for r in records] == payloads
+    decoded = [tuple(r.decoded) if r.decoded else r.decoded for r in records]
+    assert decoded == [plain_values(p, limits) or False for p in payloads]
+    assert decoded.count(False) >= 2 and sum(map(bool, decoded)) > 200

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections import namedtuple
 
+import msgspec
+
 from streaming.base import Record
 from streaming.fetcher import decode_records, encode_records
 
@@ -79,3 +81,48 @@ def test_partitions_sought_after_the_frame_are_dropped():
 
 def test_empty_poll_is_an_empty_frame():
     assert decode_records(encode_records(0, {})) == []
+
+
+def _plain_payloads(rng: random.Random) -> list[bytes]:
+    from streaming.simulate import SimulatedFeedback
+
+    good = list(SimulatedFeedback(seed=rng.randrange(1000)).payloads(30))
+    bad = [b"{}", b"not json", b'{"event_id": "x"}', None, b""]
+    return [rng.choice(good + bad) for _ in range(40)]
+
+
+def test_predecoded_frames_carry_plain_values_under_their_generation():
+    from streaming.events import DecodeLimits
+    from streaming.plain import plain_values
+
+    rng = random.Random(9)
+    limits = DecodeLimits(max_text_chars=200)
+    for _ in range(20):
+        batches = _random_batches(rng)
+        for tp, records in batches.items():
+            values = _plain_payloads(rng)
+            batches[tp] = [r._replace(value=values[i % len(values)]) for i, r in enumerate(records)]
+        body = encode_records(6, batches, limits, decode_generation=2)
+        got = decode_records(body, decode_generation=2)
+        plain = [tuple(r.decoded) if r.decoded else r.decoded for r in got]  # MessagePack: lists
+        assert plain == [plain_values(r.value, limits) or False for r in got]
+        assert any(plain) and not all(plain)  # both kinds were in the frames
+        undecoded = [msgspec.structs.replace(r, decoded=None) for r in got]
+        assert undecoded == _expected(batches)
+        # a frame encoded under other limits (an older predecode) is not trusted
+        assert decode_records(body, decode_generation=3) == _expected(batches)
+        assert decode_records(body) == _expected(batches)
+
+
+def test_a_decoded_column_that_cannot_be_packed_is_left_out(monkeypatch):
+    import streaming.fetcher as fetcher
+    from streaming.events import DecodeLimits
+
+    monkeypatch.setattr(
+        fetcher,
+        "plain_values",
+        lambda value, limits: ("e", 0.0, 0, "\ud800", "r", None, 1.0, None, 1.0),
+    )
+    batches = _random_batches(random.Random(10))
+    body = encode_records(1, batches, DecodeLimits(), decode_generation=1)
+    assert decode_records(body, decode_generation=1) == _expected(batches)
