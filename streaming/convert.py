@@ -111,6 +111,6 @@ def from_plain(values: PlainValues) -> PlainFields:
     This is the part of :func:`plain_training_fields` left once another process (the fetcher)
     has run ``plain_values``: building the example.
     """
-    event_id, ts, kind, prompt, response, shown, target, rejected, weight = values
+    event_id, ts, kind, prompt, response, shown, target, rejected, weight, _ = values
     example = _example(prompt, response if shown is None else shown, target, rejected, weight)
     return event_id, ts, example, prompt, response, KINDS[kind]

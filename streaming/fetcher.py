@@ -456,8 +456,9 @@ class FetcherSource(Source):
     def commit_nowait(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Send a commit to the child and return; :meth:`commit_result` reads its answer.
 
-        The child commits synchronously, in command order, between its polls, while the
-        pipeline goes on. An earlier commit_nowait is settled first (its error is raised).
+        The child sends it without waiting (``KafkaSource.commit_nowait``: its client's IO
+        thread carries it while the child goes on polling) and answers once the broker has.
+        An earlier commit_nowait is settled first (its error is raised).
         """
         self.commit_result(wait=True)
         todo = {tp: o for tp, o in offsets.items() if self._committed.get(tp) != o}
@@ -468,7 +469,14 @@ class FetcherSource(Source):
             self._pending = (self._next_id, todo, time.monotonic() + 30.0)
             self._pending_reply = None
             try:
-                self._send({"op": "commit", "id": self._next_id, "offsets": _offsets_json(todo)})
+                self._send(
+                    {
+                        "op": "commit",
+                        "id": self._next_id,
+                        "offsets": _offsets_json(todo),
+                        "nowait": True,
+                    }
+                )
             except SourceError:
                 self._pending = None
                 raise
@@ -614,6 +622,7 @@ class _Fetcher:
         self.closing = False
         self.limits: DecodeLimits | None = None
         self.decode_generation = 0
+        self.pending_commit: int | None = None  # id of the commit sent without waiting
         self.source: Any = None
 
     def send(self, kind: bytes, body: bytes) -> None:
@@ -639,10 +648,12 @@ class _Fetcher:
     def _on_revoke(self, tps: list[TopicPartition]) -> None:
         if self.closing:
             return
+        self.answer_commit(wait=True)  # the parent settles it before its revoke work
         self.send_json(EVENT, {"event": "revoked", "tps": tps})
         while not self.closing:
+            self.answer_commit()
             try:
-                command = self.commands.get(timeout=0.5)
+                command = self.commands.get(timeout=0.5 if self.pending_commit is None else 0.01)
             except queue.Empty:
                 continue
             if command.get("op") == "done":
@@ -670,7 +681,13 @@ class _Fetcher:
         ident = command.get("id")
         try:
             if op == "commit":
-                self.source.commit({(t, p): o for t, p, o in command["offsets"]})
+                self.answer_commit(wait=True)  # one sent without waiting goes first
+                offsets = {(t, p): o for t, p, o in command["offsets"]}
+                if command.get("nowait"):
+                    self.source.commit_nowait(offsets)
+                    self.pending_commit = ident  # answered by answer_commit once done
+                    return
+                self.source.commit(offsets)
                 result: Any = None
             elif op == "seek":
                 self.generation += 1
@@ -686,6 +703,22 @@ class _Fetcher:
             self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
             return
         self.send_json(REPLY, {"id": ident, "result": result})
+
+    def answer_commit(self, wait: bool = False) -> None:
+        """Answer the commit sent without waiting once it is done (``wait``: wait for it)."""
+        ident = self.pending_commit
+        if ident is None:
+            return
+        try:
+            if not self.source.commit_result(wait=wait):
+                return
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, never swallowed
+            self.pending_commit = None
+            message = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+            self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
+            return
+        self.pending_commit = None
+        self.send_json(REPLY, {"id": ident, "result": None})
 
     def state(self, connected: bool) -> dict[str, Any]:
         """Connection, assignment, high-water marks and positions, without blocking on I/O."""
@@ -736,6 +769,7 @@ class _Fetcher:
             self._drain(0.0 if self.credits > 0 else 0.1)
             if self.closing:
                 break
+            self.answer_commit()
             now = time.monotonic()
             connected = self.source.connected()
             if now - last_state >= 0.5 or connected != was_connected:

@@ -110,6 +110,17 @@ def warn_if_slow_crc() -> bool:
     return fast
 
 
+def _kafka_offsets(offsets: Mapping[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+
+
+def _commit_error(exc: BaseException | None) -> BrokerUnavailable | CommitRejected:
+    """The feedstep error a failed commit stands for."""
+    if isinstance(exc, CommitFailedError):
+        return CommitRejected(f"the group rebalanced before the commit: {exc}")
+    return BrokerUnavailable(f"could not commit offsets ({type(exc).__name__}: {exc})")
+
+
 class KafkaSource(Source):
     """A feedback topic read by a consumer-group member with manual commits.
 
@@ -153,6 +164,8 @@ class KafkaSource(Source):
                 "no metadata for %s yet (%s); the group assigns it later", config.topic, exc
             )
         self._commit_timeout_ms = 10_000
+        # the commit sent by commit_nowait: (offsets, future, answered, answer due by)
+        self._pending_commit: tuple[dict[TP, int], Any, threading.Event, float] | None = None
         self._config = config
         self._starts: dict[TP, int] = {}  # where each assigned partition started
         self._committed: dict[TP, int] = {}
@@ -203,25 +216,70 @@ class KafkaSource(Source):
     def commit(self, offsets: Mapping[TP, int]) -> None:
         """Commit next-offsets synchronously, waiting at most 10 s.
 
+        A commit sent by :meth:`commit_nowait` is settled first; this one supersedes it.
+
         Raises:
             BrokerUnavailable: the coordinator did not answer in time (retry later).
             CommitRejected: the group was rebalanced and this member may not commit them.
         """
+        try:
+            self.commit_result(wait=True)
+        except (BrokerUnavailable, CommitRejected) as exc:
+            log.info("an earlier commit failed (%s); committing the newer offsets now", exc)
         todo = {tp: off for tp, off in offsets.items() if self._committed.get(tp) != off}
         if not todo:
             return
         try:
-            self._consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in todo.items()},
-                timeout_ms=self._commit_timeout_ms,
-            )
-        except CommitFailedError as exc:
-            raise CommitRejected(f"the group rebalanced before the commit: {exc}") from exc
+            self._consumer.commit(_kafka_offsets(todo), timeout_ms=self._commit_timeout_ms)
         except KafkaError as exc:
-            raise BrokerUnavailable(
-                f"could not commit offsets ({type(exc).__name__}: {exc})"
-            ) from exc
+            raise _commit_error(exc) from exc
         self._committed.update(todo)
+
+    def commit_nowait(self, offsets: Mapping[TP, int]) -> None:
+        """Send a commit and return; the client's IO thread carries it while polling goes on.
+
+        A synchronous commit waits for the coordinator to write the offsets (~7 ms on the
+        local broker), time in which nothing is polled. :meth:`commit_result` tells how it
+        ended. An earlier one is settled first (its error is raised).
+        """
+        self.commit_result(wait=True)
+        todo = {tp: off for tp, off in offsets.items() if self._committed.get(tp) != off}
+        if not todo:
+            return
+        answered = threading.Event()
+        try:
+            future = self._consumer.commit_async(_kafka_offsets(todo))
+        except KafkaError as exc:
+            raise _commit_error(exc) from exc
+        future.add_both(lambda _: answered.set())
+        due = time.monotonic() + self._commit_timeout_ms / 1000
+        self._pending_commit = (todo, future, answered, due)
+
+    def commit_result(self, wait: bool = False) -> bool:
+        """Whether the commit sent by :meth:`commit_nowait` is done (True when none is out).
+
+        Raises:
+            BrokerUnavailable: it failed, or no answer came within 10 s (retry later).
+            CommitRejected: the group was rebalanced and this member may not commit them.
+        """
+        pending = self._pending_commit
+        if pending is None:
+            return True
+        todo, future, answered, due = pending
+        if not answered.is_set():
+            if not wait and time.monotonic() < due:
+                return False
+            if not answered.wait(max(0.0, due - time.monotonic())):
+                self._pending_commit = None
+                raise BrokerUnavailable(
+                    f"the commit of {len(todo)} partitions was not answered within "
+                    f"{self._commit_timeout_ms / 1000:.0f} s"
+                )
+        self._pending_commit = None
+        if future.failed():
+            raise _commit_error(future.exception)
+        self._committed.update(todo)
+        return True
 
     def pause(self) -> None:
         """Stop fetching from every assigned partition; :meth:`poll` keeps the membership."""

@@ -38,6 +38,17 @@ DIGEST_KIND = "crc32c+crc32"
 """How :func:`event_digest` hashes an id; a ledger records it next to its digest."""
 
 
+def id_hash(event_id: str) -> int:
+    """One id's term of :func:`event_digest`: CRC-32C of its UTF-8 bytes ‖ their CRC-32.
+
+    Example:
+        >>> event_digest(["a", "b"]) == (id_hash("a") + id_hash("b")) % 2**64
+        True
+    """
+    data = event_id.encode("utf-8", "surrogatepass")
+    return (crc32c.crc32c(data) << 32) | zlib.crc32(data)
+
+
 def event_digest(event_ids: Iterable[str]) -> int:
     """Order-independent 64-bit digest of event ids: the sum of their hashes, mod 2**64.
 
@@ -77,6 +88,8 @@ class Segment:
     start: dict[TopicPartition, int] = field(default_factory=dict)
     end: dict[TopicPartition, int] = field(default_factory=dict)
     event_ids: list[str] = field(default_factory=list)
+    digest: int = 0
+    """Sum of :func:`id_hash` of ``event_ids`` (not reduced mod 2**64)."""
     rejected: int = 0
     duplicates: int = 0
 
@@ -168,11 +181,19 @@ class Ledger:
         skipped: int = 0,
         rejected: int = 0,
         duplicates: int = 0,
+        digest: int | None = None,
     ) -> None:
-        """Record one applied segment: its offset ranges and what it held."""
-        ids = list(trained_ids)
+        """Record one applied segment: its offset ranges and what it held.
+
+        ``digest``, when given, is the sum of the trained ids' :func:`id_hash` terms, known
+        already (the pipeline sums them as it reads, some computed in the fetcher process);
+        otherwise it is computed here.
+        """
+        ids = trained_ids if isinstance(trained_ids, (list, tuple)) else list(trained_ids)
         self.trained += len(ids)
-        self.digest = (self.digest + event_digest(ids)) & _MASK
+        if digest is None:
+            digest = event_digest(ids)
+        self.digest = (self.digest + digest) & _MASK
         self.skipped += skipped
         self.rejected += rejected
         self.duplicates += duplicates

@@ -57,13 +57,14 @@ from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
 from streaming.batcher import MicroBatcher
-from streaming.convert import PlainFields, from_plain, plain_training_fields, to_example
+from streaming.convert import from_plain, to_example
 from streaming.deadletter import send_to_dead_letter
 from streaming.dedup import Deduplicator
 from streaming.errors import FeedstepError, PipelineError
 from streaming.events import DecodeLimits, FeedbackEvent, Rejection, decode_event
 from streaming.governance import Governor, features_of
-from streaming.offsets import Ledger, Segment
+from streaming.offsets import Ledger, Segment, id_hash
+from streaming.plain import plain_values
 
 log = logging.getLogger(__name__)
 
@@ -348,17 +349,14 @@ class Pipeline:
                 summary.consumed += 1
                 # A plain valid event gives what a batch needs without building the event;
                 # anything else takes the complete decoder, which explains a rejection.
-                decoded = record.decoded  # set when the source decoded it (predecode)
-                plain: PlainFields | None
-                if decoded:
-                    plain = from_plain(decoded)
-                elif decoded is None:
-                    plain = plain_training_fields(record.value, limits)
-                else:  # the source found it is not plain
-                    plain = None
+                values = record.decoded  # set when the source decoded it (predecode)
+                if values is None:
+                    values = plain_values(record.value, limits)
                 event: FeedbackEvent | None = None
-                if plain is not None:
-                    event_id, ts_s, example, prompt, response, kind = plain
+                term: int | None = None  # the id's term of the ledger digest
+                if values:  # False: the source found it is not plain
+                    event_id, ts_s, example, prompt, response, kind = from_plain(values)
+                    term = values[9]
                 else:  # the fast path declines it too: straight to the complete decoder
                     complete = decode_event(record.value, limits, fast=False)
                     if isinstance(complete, Rejection):
@@ -387,7 +385,9 @@ class Pipeline:
                     self._segment.rejected += 1
                     continue
                 summary.accepted += 1
-                self._segment.event_ids.append(event_id)
+                segment = self._segment
+                segment.event_ids.append(event_id)
+                segment.digest += id_hash(event_id) if term is None else term
                 unapplied.add(event_id)
                 accepted += 1
                 features = features_of(prompt, response, kind) if with_features else None
@@ -602,6 +602,7 @@ class Pipeline:
         self.ledger.apply(
             segment.ranges(),
             trained_ids=segment.event_ids,
+            digest=segment.digest,
             skipped=0 if stepped else len(segment.event_ids),
             rejected=segment.rejected,
             duplicates=segment.duplicates,

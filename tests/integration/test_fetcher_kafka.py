@@ -424,3 +424,70 @@ def test_the_fetcher_decodes_plain_events_once_asked(kafka_bootstrap, topic_name
     decoded = [tuple(r.decoded) if r.decoded else r.decoded for r in records]
     assert decoded == [plain_values(p, limits) or False for p in payloads]
     assert decoded.count(False) >= 2 and sum(map(bool, decoded)) > 200
+
+
+def test_the_in_process_source_commits_without_waiting(kafka_bootstrap, topic_name):
+    """KafkaSource.commit_nowait: sent at once, answered later, superseded by a sync commit."""
+    from streaming.kafka import KafkaSource
+
+    _fill(kafka_bootstrap, topic_name, 2, 100)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
+    try:
+        assert len(_poll_until(source, 200)) == 200
+        source.commit_nowait({(topic_name, 0): 40, (topic_name, 1): 41})
+        deadline = time.monotonic() + 10
+        while not source.commit_result():  # polling goes on meanwhile
+            assert time.monotonic() < deadline
+            source.poll(0.05)
+        assert source.committed() == {(topic_name, 0): 40, (topic_name, 1): 41}
+        source.commit_nowait({(topic_name, 0): 90})
+        source.commit({(topic_name, 0): 95, (topic_name, 1): 96})  # settles the one out first
+        assert source.commit_result() is True
+        assert source.committed() == {(topic_name, 0): 95, (topic_name, 1): 96}
+        source.commit_nowait({(topic_name, 7): 1})  # a partition it does not own: refused
+        with pytest.raises(SourceError):
+            source.commit_result(wait=True)
+        assert source.commit_result() is True  # reported once
+    finally:
+        source.close()
+    assert _group_committed(kafka_bootstrap, topic_name, f"{topic_name}-g", 2) == {0: 95, 1: 96}
+
+
+def test_a_revoke_settles_the_commit_still_out_at_once(kafka_bootstrap, topic_name):
+    """A commit sent without waiting during the revoke work (the pipeline's periodic checkpoint
+    can send one while it finishes the steps in flight) is answered at once, not after the
+    30 s reply timeout, so the synchronous commit after it goes through and the group moves on.
+    """
+    _fill(kafka_bootstrap, topic_name, 2, 300)
+    group = f"{topic_name}-g"
+    a = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+    handed: dict = {}
+    took: list[float] = []
+
+    def on_revoke(tps):
+        started = time.monotonic()
+        a.commit_nowait({tp: handed[tp] - 1 for tp in tps if tp in handed})
+        a.commit({tp: handed[tp] for tp in tps if tp in handed})  # settles the one still out
+        took.append(time.monotonic() - started)
+
+    a.set_rebalance_hooks(on_revoke, None)
+    b = None
+    stop = threading.Event()
+    try:
+        for r in _poll_until(a, 600):
+            handed[r.tp] = r.offset + 1
+        poller = threading.Thread(target=lambda: [a.poll(0.1) for _ in iter(stop.is_set, True)])
+        poller.start()
+        b = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+        deadline = time.monotonic() + 90
+        while not took and time.monotonic() < deadline:
+            b.poll(0.2)
+        stop.set()
+        poller.join(timeout=30)
+    finally:
+        stop.set()
+        a.close()
+        if b is not None:
+            b.close()
+    assert took and took[0] < 10.0, took
+    assert _group_committed(kafka_bootstrap, topic_name, group, 2) == {0: 300, 1: 300}

@@ -17,9 +17,11 @@ import pytest
 import streaming.pipeline as pipeline_module
 from learner.base import Example, TensorBatch
 from monitors.metrics import Metrics
-from streaming.events import DecodeLimits
+from streaming.events import DecodeLimits, Rejection, decode_event
 from streaming.fuzz import fuzz_payloads
+from streaming.offsets import event_digest
 from streaming.pipeline import Pipeline, PipelineSettings
+from streaming.plain import plain_values
 from streaming.simulate import SimulatedFeedback
 from streaming.testing import MemorySink, MemorySource, NullLearner, NullObjective
 
@@ -46,14 +48,13 @@ def _stream(seed: int) -> list[bytes | None]:
 
 
 def _run(stream: list[bytes | None], predecodes: bool, monkeypatch: pytest.MonkeyPatch):
-    calls = {"from_plain": 0}
-    real = pipeline_module.from_plain
+    calls = {"plain_values": 0}  # decodes made by the pipeline itself
 
-    def counted(values):  # type: ignore[no-untyped-def]
-        calls["from_plain"] += 1
-        return real(values)
+    def counted(value, limits):  # type: ignore[no-untyped-def]
+        calls["plain_values"] += 1
+        return plain_values(value, limits)
 
-    monkeypatch.setattr(pipeline_module, "from_plain", counted)
+    monkeypatch.setattr(pipeline_module, "plain_values", counted)
     learner = NullLearner()
     learner.objective = _RecordingObjective()
     sink = MemorySink()
@@ -79,10 +80,17 @@ def test_predecoded_events_train_as_events_decoded_in_the_loop(seed, monkeypatch
     examples, letters, summary, ledger, calls = _run(stream, True, monkeypatch)
     examples_0, letters_0, summary_0, ledger_0, calls_0 = _run(stream, False, monkeypatch)
 
-    assert calls["from_plain"] > 300 and calls_0["from_plain"] == 0  # the two paths did run
+    assert calls["plain_values"] == 0 and calls_0["plain_values"] == len(stream)  # two paths
     assert examples == examples_0
     assert letters == letters_0
     assert ledger == ledger_0
+    valid = {
+        e.event_id
+        for e in map(lambda v: decode_event(v, LIMITS), stream)
+        if not isinstance(e, Rejection)
+    }
+    assert ledger["digest"] == f"{event_digest(valid):016x}"  # and it is the right one
+    assert ledger["trained"] == len(valid) == summary.accepted
     for name in ("consumed", "accepted", "rejected", "duplicates", "steps", "trained_examples"):
         assert getattr(summary, name) == getattr(summary_0, name), name
     assert summary.rejected >= 100 and summary.duplicates >= 50  # the stream had both
@@ -94,4 +102,4 @@ def test_predecoded_events_train_as_events_decoded_in_the_loop(seed, monkeypatch
 def test_a_source_that_cannot_predecode_is_decoded_in_the_loop(monkeypatch) -> None:
     stream = _stream(3)[:200]
     examples, _, summary, _, calls = _run(stream, False, monkeypatch)
-    assert calls["from_plain"] == 0 and summary.accepted == len(examples) > 0
+    assert calls["plain_values"] == len(stream) and summary.accepted == len(examples) > 0

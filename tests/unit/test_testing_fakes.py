@@ -298,3 +298,17 @@ def test_sent_message_is_frozen():
     message = SentMessage("t", b"v")
     with pytest.raises(AttributeError):
         message.topic = "u"  # type: ignore[misc]
+
+
+def test_null_objective_keeps_the_weights_of_a_batch():
+    from learner.base import Example
+    from streaming.testing import NullObjective
+
+    objective = NullObjective()
+    plain = objective.collate([Example("p", "r", target=1.0), Example("p", "s", target=0.0)])
+    weighted = objective.collate(
+        [Example("p", "r", target=1.0, weight=2.5), Example("p", "s", target=0.0)]
+    )
+    assert plain.size == 2 and plain.weights.tolist() == [1.0, 1.0]
+    assert weighted.size == 2 and weighted.weights.tolist() == [2.5, 1.0]
+    assert objective.collate([Example("p", "r", target=1.0)] * 3).weights.tolist() == [1.0] * 3
