@@ -255,7 +255,7 @@ class Pipeline:
             # lives as long as the run; frozen, a full collection no longer walks it (measured:
             # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
             gc.freeze()
-        if s.predecode:  # a source that can decodes plain events beside this loop
+        if s.predecode:  # a source able to decode plain events does so itself, beside this loop
             self.source.predecode(s.limits)
         self._tokenizer.start()
         self._trainer.start()
