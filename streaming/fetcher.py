@@ -634,6 +634,11 @@ class _Fetcher:
     def send_json(self, kind: bytes, obj: Any) -> None:
         self.send(kind, orjson.dumps(obj))
 
+    def send_error(self, ident: Any, exc: Exception) -> None:
+        """Answer command ``ident`` with ``exc`` (the parent raises it as the same kind)."""
+        message = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
+        self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
+
     def start(self, spec: dict[str, Any]) -> None:
         from streaming.config import load_config
         from streaming.kafka import KafkaSource
@@ -699,8 +704,7 @@ class _Fetcher:
             else:
                 raise SourceError(f"unknown fetcher command {op!r}")
         except Exception as exc:  # noqa: BLE001 - every failure is answered, never swallowed
-            message = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
-            self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
+            self.send_error(ident, exc)
             return
         self.send_json(REPLY, {"id": ident, "result": result})
 
@@ -714,8 +718,7 @@ class _Fetcher:
                 return
         except Exception as exc:  # noqa: BLE001 - every failure is answered, never swallowed
             self.pending_commit = None
-            message = str(exc) if isinstance(exc, SourceError) else f"{type(exc).__name__}: {exc}"
-            self.send_json(REPLY, {"id": ident, "error": message, "kind": type(exc).__name__})
+            self.send_error(ident, exc)
             return
         self.pending_commit = None
         self.send_json(REPLY, {"id": ident, "result": None})
