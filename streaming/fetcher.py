@@ -116,7 +116,7 @@ def encode_records(
         values = [r.value for r in records]
         decoded = None
         if limits is not None:
-            decoded = [_predecoded(v, limits) for v in values]
+            decoded = [plain_values(v, limits) or False for v in values]
         groups.append(
             (
                 tp.topic,
@@ -133,11 +133,6 @@ def encode_records(
         return _PACK((generation, decode_generation, groups))
     except UnicodeEncodeError:  # a decoded text with a lone surrogate: the parent decodes all
         return _PACK((generation, decode_generation, [g[:7] + (None,) for g in groups]))
-
-
-def _predecoded(value: bytes | None, limits: DecodeLimits) -> Any:
-    plain = plain_values(value, limits)
-    return False if plain is None else plain
 
 
 def decode_records(
