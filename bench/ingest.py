@@ -10,17 +10,13 @@ from the start:
 
 * ``bare``: a ``KafkaConsumer`` subscribed to the topic, polling until every record is counted;
 * ``feedstep``: :class:`streaming.pipeline.Pipeline` over the source ``feedstep run`` uses
-  (``--fetcher process``, the default: :class:`streaming.fetcher.FetcherSource`, the consumer in
-  its own process; ``--fetcher thread``: :class:`streaming.kafka.KafkaSource` in this process)
-  with :class:`streaming.testing.NullLearner` (one no-op "step" per micro-batch) and real
+  (:class:`streaming.kafka.KafkaSource`, kafka-python's consumer in this process) with
+  :class:`streaming.testing.NullLearner` (one no-op "step" per micro-batch) and real
   metrics, stopping when it has consumed every record. Offsets are committed to the broker
   every ``--commit-every-steps`` steps (default 100, ``feedstep run``'s checkpoint cadence),
   through a checkpoint manager that writes nothing (the checkpoint's own cost is the
   learner's, not ingest's); ``--commit-every-steps 0`` runs without checkpoints, so the
   pipeline commits synchronously after every step, as ``checkpoint_every_steps = 0`` does.
-  As in ``feedstep run``, the consumer reads record batches with feedstep's reader
-  (``--record-reader kafka-python`` for kafka-python's) and the fetcher process decodes plain
-  events beside the pipeline (``--no-predecode``: the pipeline decodes every event itself).
 
 Both sides run the same kafka-python, which checks the CRC-32C of every record batch it reads:
 in C when the ``crc32c`` package is installed (a feedstep dependency), otherwise in a Python
@@ -30,7 +26,7 @@ Time runs from the end of the first poll that returned records (so joining the g
 first fetch's round trip, the same for both, are left out; they are printed as ``join_s``) to
 the moment the side has handled the last record (for feedstep: ``run()`` returned, i.e. the
 last batch stepped and its offsets committed). Each row also shows the CPU seconds the side's
-process used (and, for feedstep, its fetcher process). The last line is
+process used. The last line is
 ``ratio=<feedstep / bare>`` of the medians of events/s; single runs on a shared 2-core machine
 swing by about ±10%, hence five repeats by default.
 
@@ -65,7 +61,7 @@ from kafka.structs import TopicPartition  # noqa: E402
 from monitors.metrics import Metrics  # noqa: E402
 from streaming.base import Record, Source  # noqa: E402
 from streaming.config import load_config  # noqa: E402
-from streaming.kafka import make_source, warn_if_slow_crc  # noqa: E402
+from streaming.kafka import KafkaSource, warn_if_slow_crc  # noqa: E402
 from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.simulate import SimulatedFeedback  # noqa: E402
 from streaming.testing import MemorySink, NullCheckpoints, NullLearner  # noqa: E402
@@ -78,7 +74,6 @@ class Run:
     join_s: float
     seconds: float
     cpu_s: float = 0.0  # this process's CPU over the run
-    child_cpu_s: float = 0.0  # the fetcher process's, when there is one
 
     @property
     def rate(self) -> float:
@@ -171,12 +166,6 @@ def run_bare(bootstrap: str, topic: str, events: int, max_poll_records: int) -> 
     return Run("bare", count, first - started, done - first, cpu)
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class _Clocked(Source):
     """Delegates to a source and notes when the first poll that returned records ended."""
 
@@ -226,9 +215,6 @@ class _Clocked(Source):
     def read_back(self, tp, count):  # type: ignore[no-untyped-def]
         return self.inner.read_back(tp, count)
 
-    def predecode(self, limits):  # type: ignore[no-untyped-def]
-        return self.inner.predecode(limits)
-
     def set_rebalance_hooks(self, on_revoke, on_assign):  # type: ignore[no-untyped-def]
         self.inner.set_rebalance_hooks(on_revoke, on_assign)
 
@@ -240,11 +226,7 @@ def run_feedstep(
     batch_size: int,
     max_poll_records: int,
     commit_every_steps: int,
-    fetcher: str,
-    prefetch_polls: int = 4,
     queue_batches: int | None = None,
-    record_reader: str = "feedstep",
-    predecode: bool = True,
     profile: cProfile.Profile | None = None,
 ) -> Run:
     """The real Pipeline over a KafkaSource (fresh group) with a no-op learner."""
@@ -254,13 +236,10 @@ def run_feedstep(
             "topic": topic,
             "group_id": f"bench-feedstep-{uuid.uuid4().hex[:8]}",
             "max_poll_records": max_poll_records,
-            "kafka_fetcher": fetcher,
-            "fetcher_prefetch_polls": prefetch_polls,
-            "kafka_record_reader": record_reader,
         },
         environ={},
     )
-    source = _Clocked(make_source(config))
+    source = _Clocked(KafkaSource(config))
     settings = PipelineSettings(
         batch_size=batch_size,
         max_wait_ms=1000,
@@ -268,7 +247,6 @@ def run_feedstep(
         stop_after_events=events,
         log_every_s=3600,
         checkpoint_every_steps=max(1, commit_every_steps),
-        predecode=predecode,
     )
     if queue_batches is not None:
         settings = dataclasses.replace(settings, queue_batches=queue_batches)
@@ -282,10 +260,8 @@ def run_feedstep(
         settings,
         checkpoints=checkpoints,  # type: ignore[arg-type]
     )
-    pid = getattr(source.inner, "pid", None)
     try:
         cpu = time.process_time()
-        child_cpu = _cpu_of(pid) if pid else 0.0
         started = time.perf_counter()
         if profile is not None:
             profile.enable()
@@ -294,7 +270,6 @@ def run_feedstep(
             profile.disable()
         done = time.perf_counter()
         cpu = time.process_time() - cpu
-        child_cpu = _cpu_of(pid) - child_cpu if pid else 0.0
     finally:
         source.inner.close()
     assert source.first is not None
@@ -309,7 +284,6 @@ def run_feedstep(
         source.first - started,
         done - source.first,
         cpu,
-        child_cpu,
     )
 
 
@@ -333,28 +307,7 @@ def main() -> int:
         help="feedstep commits offsets every N steps (0: after every step, no checkpoints)",
     )
     parser.add_argument(
-        "--fetcher",
-        choices=("process", "thread"),
-        default="process",
-        help="feedstep's Kafka consumer in its own process (the default of feedstep run) or "
-        "in the pipeline's process",
-    )
-    parser.add_argument(
-        "--prefetch-polls", type=int, default=4, help="fetcher_prefetch_polls (process fetcher)"
-    )
-    parser.add_argument(
         "--queue-batches", type=int, help="PipelineSettings.queue_batches (default: its default)"
-    )
-    parser.add_argument(
-        "--record-reader",
-        choices=("feedstep", "kafka-python"),
-        default="feedstep",
-        help="feedstep's kafka_record_reader (the bare loop always uses kafka-python's)",
-    )
-    parser.add_argument(
-        "--no-predecode",
-        action="store_true",
-        help="the fetcher process does not decode plain events; the pipeline decodes them all",
     )
     parser.add_argument("--profile", metavar="FILE", help="cProfile one more feedstep run")
     parser.add_argument("--delete-topic", action="store_true", help="delete the topic at the end")
@@ -369,7 +322,7 @@ def main() -> int:
     runs: list[Run] = []
     print(
         f"{'repeat':>6} {'side':>9} {'events':>8} {'join_s':>7} {'seconds':>8} {'events/s':>9} "
-        f"{'cpu_s':>6} {'fetcher_cpu_s':>13}"
+        f"{'cpu_s':>6}"
     )
     feedstep = functools.partial(
         run_feedstep,
@@ -379,11 +332,7 @@ def main() -> int:
         args.batch_size,
         args.max_poll_records,
         args.commit_every_steps,
-        args.fetcher,
-        args.prefetch_polls,
         args.queue_batches,
-        args.record_reader,
-        not args.no_predecode,
     )
     for repeat in range(args.repeats):
         order = ("bare", "feedstep") if repeat % 2 == 0 else ("feedstep", "bare")
@@ -395,7 +344,7 @@ def main() -> int:
             runs.append(run)
             print(
                 f"{repeat + 1:>6} {run.side:>9} {run.events:>8} {run.join_s:>7.2f} "
-                f"{run.seconds:>8.2f} {run.rate:>9.0f} {run.cpu_s:>6.1f} {run.child_cpu_s:>13.1f}",
+                f"{run.seconds:>8.2f} {run.rate:>9.0f} {run.cpu_s:>6.1f}",
                 flush=True,
             )
     if args.profile:
@@ -410,8 +359,7 @@ def main() -> int:
     feed = statistics.median(r.rate for r in runs if r.side == "feedstep")
     print(
         f"median events/s: bare {bare:.0f}, feedstep {feed:.0f} (batch {args.batch_size}, "
-        f"commit every {args.commit_every_steps or 1} steps, "
-        f"{args.record_reader} record reader, predecode {'off' if args.no_predecode else 'on'})"
+        f"commit every {args.commit_every_steps or 1} steps)"
     )
     print(f"ratio={feed / bare:.3f}")
     return 0

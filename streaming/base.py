@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import msgspec
-
-if TYPE_CHECKING:
-    from streaming.events import DecodeLimits
 
 TopicPartition = tuple[str, int]
 """A ``(topic, partition)`` pair; plain tuples keep the learner and monitors free of Kafka types."""
@@ -39,10 +35,6 @@ class Record(msgspec.Struct, frozen=True):
     value: bytes | None
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
-    decoded: Any = None
-    """Set by a source that decodes beside the pipeline (:meth:`Source.predecode`): the
-    value's ``streaming.plain.plain_values(value, limits)``, or False
-    when the value is not a plain valid event (it must be decoded in full). None: not tried."""
 
     @property
     def tp(self) -> TopicPartition:
@@ -120,15 +112,6 @@ class Source(abc.ABC):
 
     def resume(self) -> None:  # noqa: B027 - optional hook
         """Undo :meth:`pause`."""
-
-    def predecode(self, limits: DecodeLimits) -> bool:
-        """Ask the source to decode plain valid events itself, beside the pipeline.
-
-        A source that can (the fetcher process) sets :attr:`Record.decoded` on the records it
-        fetches from then on, with ``limits``; records already fetched are left undecoded.
-        Returns whether it will; this default does not.
-        """
-        return False
 
     def read_back(self, tp: TopicPartition, count: int) -> list[bytes | None]:
         """Raw values of up to ``count`` records before where ``tp`` started; [] if unknown."""

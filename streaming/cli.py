@@ -243,7 +243,6 @@ def _pipeline_settings(config: Any) -> Any:
         checkpoint_every_steps=max(1, config.checkpoint_every_steps),
         checkpoint_every_s=config.checkpoint_every_s,
         shutdown_timeout_s=config.shutdown_timeout_s,
-        predecode=config.predecode,
     )
 
 
@@ -343,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitors.metrics import Metrics
     from monitors.server import HealthState
     from streaming.config import load_config
-    from streaming.kafka import KafkaSink, make_source
+    from streaming.kafka import KafkaSink, KafkaSource
     from streaming.pipeline import Pipeline
 
     overrides = {
@@ -382,7 +381,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             }
         )
         health.set_ready(False, "connecting to Kafka")
-        source = make_source(config)
+        source = KafkaSource(config)
         sink = KafkaSink(config)
         log.info(
             "consuming %s as group %s from %s; rejects go to %s",
@@ -653,7 +652,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
-        complete = replay.source.at_end()
+        # complete: the whole source was read and every event is accounted for (a stop request
+        # gives up batches not started by its deadline, so it is never complete)
+        complete = replay.source.at_end() and not summary.stopped and summary.accounted
     finally:
         replay.source.close()
     progress.show(summary.consumed, "done", force=True)
@@ -669,7 +670,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     report["complete"] = complete
     if not complete:
-        log.warning("the replay stopped before the end of its source; the report covers part")
+        log.warning(
+            "the replay is not complete (%s); the report covers part",
+            "stopped by a signal"
+            if summary.stopped
+            else "stopped before the end of its source"
+            if not replay.source.at_end()
+            else f"accepted={summary.accepted} trained={summary.trained_examples}",
+        )
     files = write_report(report, args.report)
     s = report["summary"]
     print(

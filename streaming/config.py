@@ -55,18 +55,6 @@ class FeedstepConfig(BaseSettings):
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     reconnect_backoff_max_ms: int = Field(10_000, ge=100)
     """Cap of the client's exponential reconnect backoff while the broker is unreachable."""
-    kafka_fetcher: Literal["process", "thread"] = "process"
-    """Where ``feedstep run``'s Kafka consumer runs: ``process`` — a child process that hands
-    records to the pipeline over a pipe, so fetching and the pipeline use two cores —, or
-    ``thread`` — inside the pipeline's process (one interpreter lock for both)."""
-    fetcher_prefetch_polls: int = Field(4, ge=1)
-    kafka_record_reader: Literal["feedstep", "kafka-python"] = "feedstep"
-    """Who reads fetched record batches: ``feedstep`` (``streaming.recordbatch``, about twice
-    as fast per record; plain v2 batches only, anything else falls back) or ``kafka-python``."""
-    predecode: bool = True
-    """``process`` fetcher: it also decodes plain events, beside the pipeline (the two
-    processes split the per-event cost). Off: the pipeline decodes every event itself."""
-    """``process`` fetcher: polls (of up to ``max_poll_records``) fetched ahead of the pipeline."""
     # Events
     max_text_chars: int = Field(8192, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=64)
@@ -179,6 +167,23 @@ class FeedstepConfig(BaseSettings):
 
 _FIELDS = frozenset(FeedstepConfig.model_fields)
 
+_REMOVED = {
+    "kafka_fetcher": "the consumer always runs in the sidecar's process",
+    "fetcher_prefetch_polls": "there is no fetcher process any more",
+    "kafka_record_reader": "kafka-python's own record reader is the only one",
+    "predecode": "events are decoded once, by the pipeline",
+}
+"""Keys of earlier versions, refused with what became of them (not silently ignored)."""
+
+
+def _check_key(key: str, where: str) -> None:
+    if key in _REMOVED:
+        raise ConfigError(
+            f"{where}: {key!r} was removed ({_REMOVED[key]}); delete it from your configuration"
+        )
+    if key not in _FIELDS:
+        raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict."""
@@ -202,11 +207,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if isinstance(data.get("feedstep"), dict) and len(data) == 1:
         data = data["feedstep"]  # allow a [feedstep] table
     for key in data:
-        if key not in _FIELDS:
-            raise ConfigError(
-                f"unknown key {key!r} in config file {str(p)!r}; "
-                f"known keys: {', '.join(sorted(_FIELDS))}"
-            )
+        _check_key(key, f"config file {str(p)!r}")
     return dict(data)
 
 
@@ -216,6 +217,8 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         key = name[len(ENV_PREFIX) :].lower()
+        if key in _REMOVED:
+            _check_key(key, f"environment variable {name}")
         if key not in _FIELDS:
             raise ConfigError(
                 f"unknown environment variable {name}; feedstep reads FEEDSTEP_<KEY> for the keys "
@@ -240,8 +243,7 @@ def load_config(
     merged: dict[str, Any] = read_config_file(path) if path else {}
     merged.update(_env_values(env))
     for key, value in (overrides or {}).items():
-        if key not in _FIELDS:
-            raise ConfigError(f"unknown setting {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+        _check_key(key, "setting")
         if value is not None:
             merged[key] = value
     try:

@@ -1,4 +1,4 @@
-"""The feedback event: its JSON schema, a fast validating decoder, and the encoder.
+"""The feedback event: its JSON schema, the one validating decoder, and the encoder.
 
 One Kafka message holds one event, a JSON object::
 
@@ -35,9 +35,6 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
-
-import msgspec
-import orjson
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -317,12 +314,6 @@ def _describe_label(value: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Timestamps
 
-# The common shape, handed to the C parser; anything else goes through the careful path. The
-# offset is range-checked here because fromisoformat takes "+02:60" (RFC 3339 does not).
-_RFC3339_FAST: Final = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
-    re.ASCII,
-)
 # Everything RFC 3339 allows (lowercase t/z, a space separator, any fraction length), plus a
 # missing offset so that a naive time gets its own message.
 _RFC3339: Final = re.compile(
@@ -334,29 +325,6 @@ _RFC3339: Final = re.compile(
 
 def _parse_ts(text: str) -> datetime | str:
     """Parse an RFC 3339 timestamp to aware UTC; on failure return what was wrong."""
-    n = len(text)
-    if (
-        (n == 27 and text[19] == "." or n == 20)  # what format_timestamp writes, and whole seconds
-        and text[-1] == "Z"
-        and text[10] == "T"
-        and text[4] == "-" == text[7]
-        and text[13] == ":" == text[16]
-        and text.isascii()
-    ):  # every other character must be a digit, which fromisoformat insists on
-        try:
-            return datetime.fromisoformat(text)  # "Z" gives timezone.utc (Python >= 3.11)
-        except ValueError:
-            return _parse_ts_careful(text)
-    if _RFC3339_FAST.fullmatch(text) is not None:
-        try:
-            dt = datetime.fromisoformat(text)  # Python 3.10 rejects "Z": the slow path takes it
-            return dt if dt.tzinfo is _UTC else dt.astimezone(_UTC)
-        except (ValueError, OverflowError):
-            pass  # leap second, offset out of range, 30 February...: explained below
-    return _parse_ts_careful(text)
-
-
-def _parse_ts_careful(text: str) -> datetime | str:
     m = _RFC3339.fullmatch(text)
     if m is None:
         return "is not an RFC 3339 timestamp"
@@ -422,81 +390,6 @@ def format_timestamp(ts: datetime) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Decoding
-
-
-class _EventDraft:
-    """A :class:`FeedbackEvent` under construction: the same slots in the same order, writable.
-
-    Python lets an object's ``__class__`` be reassigned to a class with the same memory layout,
-    so a draft filled by plain attribute stores (the interpreter's fastest store) turns into a
-    real, frozen :class:`FeedbackEvent` in one step; :func:`_validated_event` does that.
-    """
-
-    __slots__ = FeedbackEvent.__slots__
-
-
-class _FeedbackDraft:
-    """A :class:`Feedback` under construction, as :class:`_EventDraft` is for events."""
-
-    __slots__ = Feedback.__slots__
-
-
-def _validated_event(
-    event_id: str,
-    ts: datetime,
-    prompt: str,
-    response: str,
-    feedback: Feedback,
-    model_version: str | None,
-    conversation_id: str | None,
-    tenant: str | None,
-    weight: float,
-    schema_version: int,
-    extra: Mapping[str, Any],
-    truncated_fields: tuple[str, ...],
-) -> FeedbackEvent:
-    """``FeedbackEvent(...)`` for values the decoder has checked, without the re-checks.
-
-    A frozen dataclass's ``__init__`` sets each of the twelve fields through
-    ``object.__setattr__`` and ``__post_init__`` then checks what the decoder has just made
-    sure of (``ts`` is aware; ``extra`` is read-only and holds only unknown fields): on the hot
-    path, a third of the decoder's own time. The event is the same object, equal field by field.
-    """
-    draft: Any = object.__new__(_EventDraft)
-    draft.event_id = event_id
-    draft.ts = ts
-    draft.prompt = prompt
-    draft.response = response
-    draft.feedback = feedback
-    draft.model_version = model_version
-    draft.conversation_id = conversation_id
-    draft.tenant = tenant
-    draft.weight = weight
-    draft.schema_version = schema_version
-    draft.extra = extra
-    draft.truncated_fields = truncated_fields
-    draft.__class__ = FeedbackEvent
-    event: FeedbackEvent = draft
-    return event
-
-
-def _validated_feedback(
-    ftype: str,
-    value: int | None = None,
-    text: str | None = None,
-    chosen: str | None = None,
-    rejected: str | None = None,
-) -> Feedback:
-    """``Feedback(...)`` built as :func:`_validated_event` builds events (3x cheaper)."""
-    draft: Any = object.__new__(_FeedbackDraft)
-    draft.type = ftype
-    draft.value = value
-    draft.text = text
-    draft.chosen = chosen
-    draft.rejected = rejected
-    draft.__class__ = Feedback
-    feedback: Feedback = draft
-    return feedback
 
 
 def _wrong_type(name: str, expected: str, value: Any) -> Rejection:
@@ -681,7 +574,7 @@ def _decode_object(obj: dict[str, Any], limits: DecodeLimits) -> FeedbackEvent |
     if len(obj) > 5 and not _KNOWN_FIELDS.issuperset(obj):
         extra = MappingProxyType({k: v for k, v in obj.items() if k not in _KNOWN_FIELDS})
 
-    return _validated_event(
+    return FeedbackEvent(
         event_id,
         ts,
         prompt,
@@ -698,15 +591,13 @@ def _decode_object(obj: dict[str, Any], limits: DecodeLimits) -> FeedbackEvent |
 
 
 def decode_event(
-    raw: bytes | None, limits: DecodeLimits = DEFAULT_LIMITS, fast: bool = True
+    raw: bytes | None, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> FeedbackEvent | Rejection:
     """Decode and validate one Kafka message value; never raises on bad input.
 
     Args:
         raw: The message value (UTF-8 JSON), or ``None`` for a tombstone.
         limits: Size, depth and text limits.
-        fast: Try the fast path for plain valid events first. False skips it, for a caller
-            that has already seen it decline ``raw`` (the result is the same either way).
 
     Returns:
         The event, or a :class:`Rejection` saying why the payload was refused.
@@ -719,21 +610,6 @@ def decode_event(
         (5, '2026-11-28T10:00:00+00:00')
         >>> decode_event(b'{"event_id": "e-1"}').reason.value
         'missing_field'
-    """
-    # A plain valid event (the usual case) is accepted by the fast path; everything else, and
-    # every rejection with its message, is the reference decoder's.
-    if fast and type(raw) is bytes and len(raw) <= limits.max_event_bytes:
-        event = _decode_fast(raw, limits.max_text_chars)
-        if event is not None:
-            return event
-    return _decode_reference(raw, limits)
-
-
-def _decode_reference(raw: bytes | None, limits: DecodeLimits) -> FeedbackEvent | Rejection:
-    """The complete decoder: every check, and the one place that explains a rejection.
-
-    :func:`decode_event` hands it every payload that :func:`_decode_fast` does not accept, so
-    it alone decides what an unusual payload becomes; tests compare the two on valid events.
     """
     if raw is None:
         return Rejection(
@@ -761,33 +637,11 @@ def _decode_reference(raw: bytes | None, limits: DecodeLimits) -> FeedbackEvent 
             f"message value is {'empty' if size == 0 else 'only whitespace'}; "
             f"expected one JSON feedback event; {_FIX}",
         )
-    max_depth = limits.max_json_depth
-    # Fast path: orjson, when its result is certainly what the strict parser below would give.
-    # Guards: no 19-digit run (orjson turns integers beyond 64 bits into floats), and no more
-    # brackets than the depth limit (so nesting is within it and the depth walk can be skipped).
-    # Anything orjson refuses (bad UTF-8, NaN, 1e400, a lone surrogate escape, a BOM...) takes
-    # the strict path, which decides and explains it exactly as before.
-    if raw.count(b"{") + raw.count(b"[") <= max_depth and _LONG_DIGITS not in raw.translate(
-        _DIGITS_TO_ZERO
-    ):
-        try:
-            fast = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            if type(fast) is dict:
-                return _decode_object(fast, limits)
-    return _decode_strict(raw, limits)
+    return _parse(raw, limits)
 
 
-# A run of 19 digits, found as b"0" * 19 after every digit is mapped to b"0" (a regex search is
-# several times slower than translate + find on a typical event).
-_DIGITS_TO_ZERO: Final = bytes.maketrans(b"0123456789", b"0" * 10)
-_LONG_DIGITS: Final = b"0" * 19
-
-
-def _decode_strict(raw: bytes, limits: DecodeLimits) -> FeedbackEvent | Rejection:
-    """The reference decoder: UTF-8, then the stdlib parser with strict numbers, then depth."""
+def _parse(raw: bytes, limits: DecodeLimits) -> FeedbackEvent | Rejection:
+    """UTF-8, then the stdlib parser with strict numbers, then the depth limit, then the schema."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -835,153 +689,6 @@ def _decode_strict(raw: bytes, limits: DecodeLimits) -> FeedbackEvent | Rejectio
             f"(max_json_depth); flatten the event or raise the limit",
         )
     return _decode_object(obj, limits)
-
-
-# --------------------------------------------------------------------------------------------
-# Fast path for plain, valid events
-#
-# msgspec parses the payload in C straight into the structs below and refuses anything outside
-# the schema's plain shape: an unknown field (top level or inside "feedback"), JSON null for a
-# required field, a wrong JSON kind (a bool is not an integer, a float is not an integer), NaN,
-# Infinity or a number beyond a float, invalid UTF-8, a lone surrogate escape, a BOM, trailing
-# data, and a repeated "type" with another value. Repeated keys otherwise resolve as in the
-# stdlib and orjson parsers: the last one wins. Such a payload nests exactly two levels, within
-# every max_json_depth. What msgspec accepts is then held to the remaining rules (schema
-# version, event_id, timestamp, text limits, value ranges, weight); the fast path only ever
-# accepts, and every payload it does not accept goes to _decode_reference, which decides.
-
-
-class _Thumb(msgspec.Struct, tag_field="type", tag="thumb", forbid_unknown_fields=True, gc=False):
-    value: int
-
-
-class _Rating(msgspec.Struct, tag_field="type", tag="rating", forbid_unknown_fields=True, gc=False):
-    value: int
-
-
-class _Correction(
-    msgspec.Struct, tag_field="type", tag="correction", forbid_unknown_fields=True, gc=False
-):
-    text: str
-
-
-class _Preference(
-    msgspec.Struct, tag_field="type", tag="preference", forbid_unknown_fields=True, gc=False
-):
-    chosen: str
-    rejected: str
-
-
-class _WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """An event as msgspec reads it: the wire schema's fields only, with their JSON kinds."""
-
-    event_id: str
-    ts: str
-    prompt: str
-    response: str
-    feedback: _Thumb | _Rating | _Correction | _Preference
-    schema_version: int | None = None
-    model_version: str | None = None
-    conversation_id: str | None = None
-    tenant: str | None = None
-    weight: int | float | None = None
-
-
-_WIRE_DECODER: Final = msgspec.json.Decoder(_WireEvent)
-
-
-def _plain_wire(raw: bytes, max_chars: int) -> tuple[_WireEvent, int, float, datetime] | None:
-    """``(wire, schema version, weight, ts)`` of a plain valid event that fits the limits.
-
-    None when ``raw`` is anything else: invalid, carrying unknown fields, needing truncation,
-    or merely unusual (a weight of ``1e-400``). Every check of a plain event is made here:
-    what is returned becomes, without further checks, the event :func:`_decode_fast` gives
-    or the example :func:`streaming.convert.plain_training_fields` gives.
-    """
-    try:
-        wire = _WIRE_DECODER.decode(raw)
-    except (msgspec.MsgspecError, ValueError):  # ValueError: UnicodeDecodeError on bad UTF-8
-        return None
-
-    version = wire.schema_version
-    if version is None:
-        version = SCHEMA_VERSION
-    elif version != SCHEMA_VERSION:
-        return None
-    event_id = wire.event_id
-    if not event_id or len(event_id) > _MAX_EVENT_ID_CHARS or event_id.isspace():
-        return None
-    if len(wire.prompt) > max_chars or len(wire.response) > max_chars:
-        return None
-
-    fb = wire.feedback
-    if isinstance(fb, _Thumb):
-        if fb.value not in _THUMBS:
-            return None
-    elif isinstance(fb, _Rating):
-        if fb.value not in _RATINGS:
-            return None
-    elif isinstance(fb, _Preference):
-        if len(fb.chosen) > max_chars or len(fb.rejected) > max_chars:
-            return None
-    else:
-        text = fb.text
-        if not text or len(text) > max_chars or text.isspace():
-            return None
-
-    weight = wire.weight
-    if weight is None:
-        weight = 1.0
-    else:
-        if type(weight) is int:
-            try:
-                weight = float(weight)
-            except OverflowError:
-                return None
-        if not 0.0 < weight < math.inf:
-            return None
-
-    ts = _parse_ts(wire.ts)
-    if isinstance(ts, str):
-        return None
-    return wire, version, weight, ts
-
-
-def _decode_fast(raw: bytes, max_chars: int) -> FeedbackEvent | None:
-    """The event :func:`_decode_reference` would return for ``raw``, or None when unsure.
-
-    None means ``raw`` is not a plain valid event that fits the limits (see
-    :func:`_plain_wire`); the caller then asks :func:`_decode_reference`. An event returned here
-    is equal, field by field, to the one the reference decoder gives.
-    """
-    plain = _plain_wire(raw, max_chars)
-    if plain is None:
-        return None
-    wire, version, weight, ts = plain
-    fb = wire.feedback
-    feedback: Feedback
-    if isinstance(fb, _Thumb):
-        feedback = _THUMBS[fb.value]
-    elif isinstance(fb, _Rating):
-        feedback = _RATINGS[fb.value]
-    elif isinstance(fb, _Preference):
-        feedback = _validated_feedback("preference", chosen=fb.chosen, rejected=fb.rejected)
-    else:
-        feedback = _validated_feedback("correction", text=fb.text)
-    return _validated_event(
-        wire.event_id,
-        ts,
-        wire.prompt,
-        wire.response,
-        feedback,
-        wire.model_version,
-        wire.conversation_id,
-        wire.tenant,
-        weight,
-        version,
-        _EMPTY_EXTRA,
-        (),
-    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streaming import recordbatch
 from streaming.base import Record, Sink, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
@@ -154,8 +153,6 @@ class KafkaSource(Source):
                 f"no Kafka broker answers at {config.bootstrap_servers}; start one "
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
-        if config.kafka_record_reader == "feedstep":
-            recordbatch.install(self._consumer)
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         try:  # know the topic's partitions before joining, or the first assignment is empty
             self._consumer.partitions_for_topic(config.topic)
@@ -449,15 +446,6 @@ class KafkaSource(Source):
     def close(self) -> None:
         """Leave the group (no auto-commit: offsets are only what the pipeline committed)."""
         self._consumer.close(autocommit=False)
-
-
-def make_source(config: FeedstepConfig) -> Source:
-    """The feedback topic's source as ``kafka_fetcher`` says: a child process or in-process."""
-    if config.kafka_fetcher == "process":
-        from streaming.fetcher import FetcherSource
-
-        return FetcherSource(config, prefetch_polls=config.fetcher_prefetch_polls)
-    return KafkaSource(config)
 
 
 class KafkaSink(Sink):

@@ -57,14 +57,13 @@ from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
 from streaming.batcher import MicroBatcher
-from streaming.convert import from_plain, to_example
+from streaming.convert import to_example
 from streaming.deadletter import send_to_dead_letter
 from streaming.dedup import Deduplicator
 from streaming.errors import FeedstepError, PipelineError
-from streaming.events import DecodeLimits, FeedbackEvent, Rejection, decode_event
+from streaming.events import DecodeLimits, Rejection, decode_event
 from streaming.governance import Governor, features_of
 from streaming.offsets import Ledger, Segment, id_hash
-from streaming.plain import plain_values
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,6 @@ class PipelineSettings:
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
     gc_freeze: bool = True
-    predecode: bool = True
 
 
 class _Abandoned:
@@ -129,7 +127,21 @@ class RunSummary:
     elapsed_s: float = 0.0
     checkpoints: int = 0
     commit_pending: bool = False
+    stopped: bool = False
+    """The run was ended by :meth:`Pipeline.stop` (a signal), not by its source or a limit."""
     final_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def accounted(self) -> bool:
+        """Every record read is accepted, rejected or a duplicate, and every accepted one trained.
+
+        False after a stop request that gave up batches, or when events were left untrained
+        (a final batch smaller than the objective allows, a skipped step).
+        """
+        return (
+            self.consumed == self.accepted + self.rejected + self.duplicates
+            and self.trained_examples == self.accepted
+        )
 
     @property
     def baseline_accuracy(self) -> float:
@@ -228,6 +240,7 @@ class Pipeline:
         self._running = False
         self._connected = True
         self._stop = threading.Event()
+        self._stop_at: float | None = None
         self._abandon = threading.Event()
         self._tokenizer = threading.Thread(
             target=self._tokenize_loop, name="feedstep-tokenize", daemon=True
@@ -239,8 +252,21 @@ class Pipeline:
 
     # -- public -------------------------------------------------------------------------------
     def stop(self) -> None:
-        """Ask the loop to finish the step in flight, commit and return (signal-safe)."""
+        """Ask the loop to finish the step in flight, commit and return (signal-safe).
+
+        From now on the settling is bounded by ``shutdown_timeout_s``: batches not started by
+        then are given up (read again by the next run). Without a stop request, a run that ends
+        (a finite source at its end, ``stop_after_events``, ``stop_when_idle_s``) trains every
+        batch in flight, however long the steps take.
+        """
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
+
+    def _deadline(self) -> float | None:
+        """When settling gives up batches not started: None until :meth:`stop` is called."""
+        at = self._stop_at
+        return None if at is None else at + self.settings.shutdown_timeout_s
 
     def run(self) -> RunSummary:
         """Run until a stop condition, then settle (step, checkpoint, commit) and return."""
@@ -255,8 +281,6 @@ class Pipeline:
             # lives as long as the run; frozen, a full collection no longer walks it (measured:
             # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
             gc.freeze()
-        if s.predecode:  # a source able to decode plain events does so itself, beside this loop
-            self.source.predecode(s.limits)
         self._tokenizer.start()
         self._trainer.start()
         self._set_ready()
@@ -316,6 +340,7 @@ class Pipeline:
                 if s.gc_freeze:
                     gc.unfreeze()  # collectable again once the run is over
             self.summary.elapsed_s = time.monotonic() - started
+            self.summary.stopped = self._stop_at is not None
             self.metrics.ready.set(0)
             self.health.set_ready(False, "stopped")
         self._report()
@@ -347,36 +372,21 @@ class Pipeline:
         try:
             for i, record in enumerate(records):
                 summary.consumed += 1
-                # A plain valid event gives what a batch needs without building the event;
-                # anything else takes the complete decoder, which explains a rejection.
-                values = record.decoded  # set when the source decoded it (predecode)
-                if values is None:
-                    values = plain_values(record.value, limits)
-                event: FeedbackEvent | None = None
-                term: int | None = None  # the id's term of the ledger digest
-                if values:  # False: the source found it is not plain
-                    event_id, ts_s, example, prompt, response, kind = from_plain(values)
-                    term = values[9]
-                else:  # the fast path declines it too: straight to the complete decoder
-                    complete = decode_event(record.value, limits, fast=False)
-                    if isinstance(complete, Rejection):
-                        self._reject(record, complete)
-                        self._segment.rejected += 1
-                        continue
-                    event = complete
-                    event_id = event.event_id
-                    for name in event.truncated_fields:
-                        truncated.labels(field=name).inc()
+                event = decode_event(record.value, limits)
+                if isinstance(event, Rejection):
+                    self._reject(record, event)
+                    self._segment.rejected += 1
+                    continue
+                event_id = event.event_id
+                for name in event.truncated_fields:
+                    truncated.labels(field=name).inc()
                 if dedup.check_and_add(event_id):
                     summary.duplicates += 1
                     self._segment.duplicates += 1
                     duplicates += 1
                     continue
                 try:
-                    if event is not None:
-                        example = to_example(event)
-                        ts_s = event.ts_epoch_s
-                        prompt, response, kind = event.prompt, event.response, event.feedback.type
+                    example = to_example(event)
                     if check is not None:
                         check(example)
                 except ValueError as exc:  # a valid event the objective cannot use
@@ -387,11 +397,15 @@ class Pipeline:
                 summary.accepted += 1
                 segment = self._segment
                 segment.event_ids.append(event_id)
-                segment.digest += id_hash(event_id) if term is None else term
+                segment.digest += id_hash(event_id)
                 unapplied.add(event_id)
                 accepted += 1
-                features = features_of(prompt, response, kind) if with_features else None
-                full = batcher.add((example, ts_s, features))
+                features = (
+                    features_of(event.prompt, event.response, event.feedback.type)
+                    if with_features
+                    else None
+                )
+                full = batcher.add((example, event.ts_epoch_s, features))
                 if full:
                     self._segment.read_all(records[first : i + 1])
                     first = i + 1
@@ -466,9 +480,7 @@ class Pipeline:
         if pump:
             self._pump()
 
-    def _pump(
-        self, wait_s: float = 0.0, block: bool = False, deadline: float | None = None
-    ) -> None:
+    def _pump(self, wait_s: float = 0.0, block: bool = False) -> None:
         """Move closed batches to the tokenize stage, waiting up to ``wait_s`` for room.
 
         The batches waiting go in one handoff, as many as the in-flight bound allows. With
@@ -484,8 +496,8 @@ class Pipeline:
                         return
                     self.health.beat()
                     self._collect_one(0.05 if block else max(0.001, min(left, 0.05)))
-                    if block and deadline is not None and time.monotonic() > deadline:
-                        self._abandon.set()
+                    if block:
+                        self._abandon_if_late()
                     continue
             group = list(itertools.islice(self._ready, self._max_in_flight - self._in_flight))
             try:
@@ -501,8 +513,7 @@ class Pipeline:
                     if block:
                         self.health.beat()
                         self._collect(block=False)
-                        if deadline is not None and time.monotonic() > deadline:
-                            self._abandon.set()
+                        self._abandon_if_late()
                     continue
             for _ in group:
                 self._ready.popleft()
@@ -530,7 +541,15 @@ class Pipeline:
             self._paused = False
             self.metrics.consumer_paused.set(0)
 
-    def _collect(self, block: bool, deadline: float | None = None) -> None:
+    def _abandon_if_late(self) -> None:
+        """Past the stop deadline: batches not started are given up (never while draining)."""
+        deadline = self._deadline()
+        if deadline is not None and time.monotonic() > deadline:
+            if not self._abandon.is_set():
+                log.warning("shutdown deadline reached: giving up batches not started")
+            self._abandon.set()
+
+    def _collect(self, block: bool) -> None:
         while self._in_flight:
             if not block and self._outbox.empty():
                 return
@@ -542,15 +561,15 @@ class Pipeline:
                 if not block:
                     return
                 self.health.beat()
-                if deadline is not None and time.monotonic() > deadline:
-                    if not self._abandon.is_set():
-                        log.warning("shutdown deadline reached: giving up batches not started")
-                    self._abandon.set()
-                    if time.monotonic() > deadline + self.settings.shutdown_timeout_s:
-                        raise PipelineError(
-                            "the step in flight did not finish within twice shutdown_timeout_s; "
-                            "nothing more is checkpointed or committed"
-                        ) from None
+                self._abandon_if_late()
+                deadline = self._deadline()
+                if deadline is not None and (
+                    time.monotonic() > deadline + self.settings.shutdown_timeout_s
+                ):
+                    raise PipelineError(
+                        "the step in flight did not finish within twice shutdown_timeout_s; "
+                        "nothing more is checkpointed or committed"
+                    ) from None
                 if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
                     raise PipelineError("a pipeline stage died without a result") from None
                 continue
@@ -810,13 +829,16 @@ class Pipeline:
         self.metrics.ready.set(1 if self.health.ready else 0)
 
     # -- rebalances, shutdown -----------------------------------------------------------------
-    def _settle(self, deadline: float | None = None) -> None:
-        """Close the open batch, finish every step in flight and apply what is left."""
+    def _settle(self) -> None:
+        """Close the open batch, finish every step in flight and apply what is left.
+
+        Bounded by the stop deadline once :meth:`stop` was called (see :meth:`stop`).
+        """
         rest = self.batcher.flush()
         if rest:
             self._dispatch_or_hold(rest, final=True)
-        self._pump(block=True, deadline=deadline)
-        self._collect(block=True, deadline=deadline)
+        self._pump(block=True)
+        self._collect(block=True)
         self._apply_idle()
 
     def _on_revoke(self, revoked: list[TopicPartition]) -> None:
@@ -863,10 +885,10 @@ class Pipeline:
         self._owned_before = set()
 
     def _shutdown(self) -> None:
-        """Settle within ``shutdown_timeout_s``, checkpoint, commit, stop the stages."""
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        """Settle (drained, or within the stop deadline), checkpoint, commit, stop the stages."""
         try:
-            self._settle(deadline)
+            self._settle()
+            deadline = self._deadline() or time.monotonic() + self.settings.shutdown_timeout_s
             if self.checkpoints is not None:
                 self._checkpoint(wait=True)
             elif self._commit_due is not None:

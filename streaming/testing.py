@@ -32,15 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import torch
 from torch import nn
 
 from learner.base import Example, Objective, ObjectiveOutput, TensorBatch
 from learner.step import StepResult
 from streaming.base import Record, Sink, Source, TopicPartition
-from streaming.events import DecodeLimits
-from streaming.plain import plain_values
 
 __all__ = ["MemorySink", "MemorySource", "NullLearner", "NullObjective", "SentMessage"]
 
@@ -67,9 +64,6 @@ class MemorySource(Source):
         partitions: How many partitions ``topic`` has (>= 1).
         topic: Topic of plain values.
         key: Optional function from a plain value to its key, which also picks its partition.
-        predecodes: Honour :meth:`predecode` as the fetcher process does: once asked, hand
-            out records with :attr:`~streaming.base.Record.decoded` set. Off by default, so the
-            pipeline decodes everything itself.
 
     Example:
         >>> src = MemorySource([b"a", b"b", b"c"])
@@ -89,7 +83,6 @@ class MemorySource(Source):
         partitions: int = 1,
         topic: str = "feedback",
         key: KeyFunction | None = None,
-        predecodes: bool = False,
     ) -> None:
         if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"MemorySource partitions must be an int >= 1, got {partitions!r}")
@@ -113,8 +106,6 @@ class MemorySource(Source):
         self._on_revoke: Callable[[list[TopicPartition]], None] | None = None
         self._on_assign: Callable[[list[TopicPartition]], None] | None = None
         self.rebalances = 0
-        self._predecodes = predecodes
-        self._decode_limits: DecodeLimits | None = None
         """Every :meth:`commit` call's offsets, in order (for asserting when commits happen)."""
         for partition in range(partitions):
             self._add_partition((topic, partition))
@@ -238,19 +229,7 @@ class MemorySource(Source):
                     still_active.append(tp)
             active = still_active
         self._delivered += len(out)
-        limits = self._decode_limits
-        if limits is not None:
-            out = [
-                msgspec.structs.replace(r, decoded=plain_values(r.value, limits) or False)
-                for r in out
-            ]
         return out
-
-    def predecode(self, limits: DecodeLimits) -> bool:
-        """With ``predecodes``, set :attr:`Record.decoded` on the records handed out from now on."""
-        if self._predecodes:
-            self._decode_limits = limits
-        return self._predecodes
 
     # -- rebalances and backpressure (as a Kafka consumer-group member sees them) --------------
     def schedule_rebalance(self, after_records: int) -> None:
@@ -520,6 +499,7 @@ class NullLearner:
 
     Args:
         lr: The rate reported in ``optimizer.param_groups[0]["lr"]``.
+        step_s: Seconds each step sleeps, to stand in for a slow model.
 
     Example:
         >>> learner = NullLearner()
@@ -528,8 +508,9 @@ class NullLearner:
         (True, 1, 1, 1)
     """
 
-    def __init__(self, lr: float = 0.0) -> None:
+    def __init__(self, lr: float = 0.0, step_s: float = 0.0) -> None:
         self.objective = NullObjective()
+        self.step_s = step_s
         self.optimizer = _NullOptimizer(lr)
         self.device = torch.device("cpu")
         self.steps = 0
@@ -561,6 +542,8 @@ class NullLearner:
     def step(self, batch: TensorBatch) -> StepResult:
         """Count the batch and report an applied step with zero loss."""
         started = time.perf_counter()
+        if self.step_s:
+            time.sleep(self.step_s)
         out = self._output(batch.size)
         self.steps += 1
         self.examples += batch.size

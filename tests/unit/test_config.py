@@ -61,3 +61,17 @@ def test_cli_exits_2_with_the_reason_on_bad_config(tmp_path, capsys):
     cfg.write_text("nonsense = 1\n")
     assert main(["run", "--config", str(cfg)]) == 2
     assert "unknown key 'nonsense'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "key", ["kafka_fetcher", "fetcher_prefetch_polls", "kafka_record_reader", "predecode"]
+)
+def test_a_removed_key_says_it_was_removed_wherever_it_is_set(tmp_path, key):
+    cfg = tmp_path / "f.toml"
+    cfg.write_text(f"{key} = 1\n")
+    with pytest.raises(ConfigError, match=f"'{key}' was removed.*delete it"):
+        load_config(cfg, environ={})
+    with pytest.raises(ConfigError, match=f"FEEDSTEP_{key.upper()}: '{key}' was removed"):
+        load_config(environ={f"FEEDSTEP_{key.upper()}": "1"})
+    with pytest.raises(ConfigError, match=f"'{key}' was removed"):
+        load_config(overrides={key: 1}, environ={})

@@ -66,7 +66,7 @@ class _LateCommitSource(MemorySource):
         try:
             self.commit_result(wait=True)
         except FeedstepError:
-            pass  # superseded by this one, as FetcherSource does
+            pass  # superseded by this one, as KafkaSource does
         self.events.append(("sync",))
         super().commit(offsets)
 

@@ -1,18 +1,11 @@
-"""The Kafka consumer in its own process (``streaming.fetcher``) against the real broker.
+"""KafkaSource (kafka-python's KafkaConsumer in the sidecar's process) against the real broker.
 
-Every record once and in order, seeks dropping what was already sent, commits, rebalance hooks
-run with every earlier record handed out, pause bounding what is fetched ahead, and both
-processes ending when the other dies.
+Every record once and in order, seeks, commits with and without waiting, rebalance hooks that
+commit what was handed out, pause and resume, an idle member that waits instead of spinning.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
@@ -23,7 +16,7 @@ from kafka.structs import TopicPartition
 
 from streaming.config import load_config
 from streaming.errors import BrokerUnavailable, SourceError
-from streaming.fetcher import FetcherSource
+from streaming.kafka import KafkaSource
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +76,7 @@ def _group_committed(bootstrap: str, topic: str, group: str, partitions: int) ->
 
 def test_every_record_once_in_order_then_commit_and_lag(kafka_bootstrap, topic_name):
     _fill(kafka_bootstrap, topic_name, 2, 600)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
     try:
         records = _poll_until(source, 1200)
         assert len(records) == 1200
@@ -109,7 +102,7 @@ def test_commit_nowait_is_answered_even_when_another_call_reads_replies_first(
 ):
     _fill(kafka_bootstrap, topic_name, 2, 300)
     group = f"{topic_name}-g"
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
     try:
         records = _poll_until(source, 600)
         assert len(records) == 600
@@ -132,7 +125,7 @@ def test_commit_nowait_is_answered_even_when_another_call_reads_replies_first(
 
 def test_a_failed_commit_nowait_is_raised_by_commit_result(kafka_bootstrap, topic_name):
     _fill(kafka_bootstrap, topic_name, 1, 50)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
     try:
         assert len(_poll_until(source, 50)) == 50
         # a partition this member does not own: the broker (or the client) refuses the commit
@@ -147,10 +140,10 @@ def test_a_failed_commit_nowait_is_raised_by_commit_result(kafka_bootstrap, topi
 
 def test_seek_drops_records_already_sent_and_rereads(kafka_bootstrap, topic_name):
     _fill(kafka_bootstrap, topic_name, 1, 3000)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=4)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
     try:
         got = _poll_until(source, 250)
-        time.sleep(1.0)  # let the child fetch ahead: several frames wait in the pipe
+        time.sleep(1.0)  # let the client fetch ahead: records wait in its buffer
         source.seek({(topic_name, 0): 100})
         assert source.position() == {(topic_name, 0): 100}
         after = _poll_until(source, 2900)
@@ -160,28 +153,7 @@ def test_seek_drops_records_already_sent_and_rereads(kafka_bootstrap, topic_name
         source.close()
 
 
-def test_pause_bounds_what_is_fetched_ahead(kafka_bootstrap, topic_name):
-    _fill(kafka_bootstrap, topic_name, 2, 2000)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
-    try:
-        got = _poll_until(source, 10)
-        source.pause()
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            assert source.poll(0.1) == []
-        # one frame decoded, at most prefetch_polls more in flight: not the 4000 records there
-        waiting = len(source._buffer) - source._at + 100 * source._inbox.qsize()
-        assert waiting <= 100 * 3
-        source.resume()
-        got = _poll_until(source, 4000, out=got)
-    finally:
-        source.close()
-    assert _offsets_by_partition(got) == {0: list(range(2000)), 1: list(range(2000))}
-
-
-def test_rebalance_hooks_commit_through_the_child_and_members_split_exactly(
-    kafka_bootstrap, topic_name
-):
+def test_rebalance_hooks_commit_and_members_split_exactly(kafka_bootstrap, topic_name):
     """A second member joins: the first's revoke hook commits what it handed out; the union of
     both members' records is every offset exactly once."""
     partitions, per = 4, 1500
@@ -194,7 +166,7 @@ def test_rebalance_hooks_commit_through_the_child_and_members_split_exactly(
 
     def member(name: str, delay_s: float) -> None:
         time.sleep(delay_s)
-        source = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+        source = KafkaSource(_config(kafka_bootstrap, topic_name, group))
         handed: dict = {}
 
         def on_revoke(tps):
@@ -210,7 +182,7 @@ def test_rebalance_hooks_commit_through_the_child_and_members_split_exactly(
         try:
             while not stop.is_set():
                 for r in source.poll(0.2, max_records=50):
-                    assert r.tp in source._assignment, "record of a partition not assigned"
+                    assert r.tp in source.position(), "record of a partition not assigned"
                     seen[name].append(r)
                     handed[r.tp] = r.offset + 1
                     if name == "a":
@@ -243,75 +215,13 @@ def test_rebalance_hooks_commit_through_the_child_and_members_split_exactly(
     }
 
 
-_ORPHAN = textwrap.dedent(
-    """
-    import sys, time
-    from streaming.config import load_config
-    from streaming.fetcher import FetcherSource
-    source = FetcherSource(load_config(overrides={
-        "bootstrap_servers": sys.argv[1], "topic": sys.argv[2], "group_id": sys.argv[2]
-    }, environ={}))
-    print(source.pid, flush=True)
-    time.sleep(120)
-    """
-)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not reaped) is gone for our purpose
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def test_child_exits_when_the_parent_is_killed(kafka_bootstrap, topic_name):
-    _fill(kafka_bootstrap, topic_name, 1, 10)
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN, kafka_bootstrap, topic_name],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    )
-    assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    assert _alive(child)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.monotonic() + 20
-    while _alive(child):
-        assert time.monotonic() < deadline, "the fetcher outlived its parent"
-        time.sleep(0.1)
-
-
-def test_a_dead_child_is_a_clear_error(kafka_bootstrap, topic_name):
-    _fill(kafka_bootstrap, topic_name, 1, 10)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name))
-    try:
-        assert len(_poll_until(source, 10)) == 10
-        os.kill(source.pid, signal.SIGKILL)
-        with pytest.raises(SourceError, match="fetcher process"):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                source.poll(0.2)
-        assert not source.connected()
-        with pytest.raises(SourceError, match="fetcher process"):
-            source.commit({(topic_name, 0): 10})
-    finally:
-        source.close()
-
-
 def test_no_broker_is_broker_unavailable():
     config = load_config(
         overrides={"bootstrap_servers": f"127.0.0.1:{_free_port()}", "topic": "nothing"},
         environ={},
     )
     with pytest.raises(BrokerUnavailable, match="no Kafka broker answers"):
-        FetcherSource(config)
+        KafkaSource(config)
 
 
 def _free_port() -> int:
@@ -322,114 +232,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def test_a_member_without_partitions_does_not_spin(kafka_bootstrap, topic_name):
-    """Two members, one partition: the idle one's fetcher waits instead of busy-polling."""
-    _fill(kafka_bootstrap, topic_name, 1, 10)
-    group = f"{topic_name}-g"
-    first = FetcherSource(_config(kafka_bootstrap, topic_name, group))
-    second = FetcherSource(_config(kafka_bootstrap, topic_name, group))
-    try:
-        joined = time.monotonic() + 6.0  # both members join (a rebalance) within this
-        while time.monotonic() < joined:
-            first.poll(0.1)
-            second.poll(0.1)
-        deadline = time.monotonic() + 60
-        settled_since = None
-        while settled_since is None or time.monotonic() - settled_since < 3.0:
-            assert time.monotonic() < deadline, "the group never settled"
-            first.poll(0.1)
-            second.poll(0.1)
-            if first.has_assignment() != second.has_assignment():
-                settled_since = settled_since or time.monotonic()
-            else:
-                settled_since = None
-        idle = second if first.has_assignment() else first
-        busy = first if idle is second else second
-        assert not idle.has_assignment()
-        before, started = _cpu_s(idle.pid), time.monotonic()
-        while time.monotonic() - started < 4.0:
-            idle.poll(0.2)
-            busy.poll(0.0)
-        used = _cpu_s(idle.pid) - before
-        assert not idle.has_assignment()
-        assert used < 1.0, f"idle fetcher used {used:.2f} CPU s in 4 s: a busy loop"
-    finally:
-        first.close()
-        second.close()
-
-
-def test_both_record_readers_read_the_same_records(kafka_bootstrap, topic_name):
-    """feedstep's batch reader and kafka-python's, over plain and gzip batches from a broker."""
-    from streaming.kafka import KafkaSource
-
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    admin.create_topics([NewTopic(topic_name, num_partitions=2, replication_factor=1)])
-    admin.close()
-    rng = random.Random(11)
-    for compression in (None, "gzip"):
-        producer = KafkaProducer(
-            bootstrap_servers=kafka_bootstrap, linger_ms=5, compression_type=compression
-        )
-        for i in range(400):
-            value = None if i % 97 == 0 else rng.randbytes(rng.choice([0, 10, 300, 9000]))
-            headers = [("h", rng.choice([b"", b"x"]))] if i % 5 == 0 else []
-            producer.send(
-                topic_name, value=value, key=b"k%d" % (i % 7), headers=headers, partition=i % 2
-            )
-        producer.flush()
-        producer.close()
-    reads = {}
-    for reader in ("feedstep", "kafka-python"):
-        source = KafkaSource(
-            _config(
-                kafka_bootstrap, topic_name, f"{topic_name}-{reader}", kafka_record_reader=reader
-            )
-        )
-        try:
-            reads[reader] = _poll_until(source, 800)
-        finally:
-            source.close()
-    assert len(reads["feedstep"]) == 800
-    key = lambda r: (r.partition, r.offset)  # noqa: E731 - the two polls may interleave otherwise
-    assert sorted(reads["feedstep"], key=key) == sorted(reads["kafka-python"], key=key)
-
-
-def test_the_fetcher_decodes_plain_events_once_asked(kafka_bootstrap, topic_name):
-    from streaming.events import DecodeLimits
-    from streaming.plain import plain_values
-    from streaming.simulate import SimulatedFeedback
-
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    admin.create_topics([NewTopic(topic_name, num_partitions=1, replication_factor=1)])
-    admin.close()
-    payloads = list(SimulatedFeedback(seed=4).payloads(300)) + [b"{}", b"not json"]
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
-    for payload in payloads:
-        producer.send(topic_name, value=payload, partition=0)
-    producer.flush()
-    producer.close()
-    limits = DecodeLimits(max_text_chars=97)
-    source = FetcherSource(_config(kafka_bootstrap, topic_name), prefetch_polls=2)
-    try:
-        assert source.predecode(limits) is True  # before the first poll: every frame decoded
-        records = _poll_until(source, len(payloads))
-    finally:
-        source.close()
-    assert [r.value for r in records] == payloads
-    decoded = [tuple(r.decoded) if r.decoded else r.decoded for r in records]
-    assert decoded == [plain_values(p, limits) or False for p in payloads]
-    assert decoded.count(False) >= 2 and sum(map(bool, decoded)) > 200
-
-
-def test_the_in_process_source_commits_without_waiting(kafka_bootstrap, topic_name):
-    """KafkaSource.commit_nowait: sent at once, answered later, superseded by a sync commit."""
-    from streaming.kafka import KafkaSource
-
+def test_commit_nowait_is_sent_at_once_and_answered_later(kafka_bootstrap, topic_name):
+    """commit_nowait: sent at once, answered later, superseded by a sync commit."""
     _fill(kafka_bootstrap, topic_name, 2, 100)
     source = KafkaSource(_config(kafka_bootstrap, topic_name))
     try:
@@ -460,7 +264,7 @@ def test_a_revoke_settles_the_commit_still_out_at_once(kafka_bootstrap, topic_na
     """
     _fill(kafka_bootstrap, topic_name, 2, 300)
     group = f"{topic_name}-g"
-    a = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+    a = KafkaSource(_config(kafka_bootstrap, topic_name, group))
     handed: dict = {}
     took: list[float] = []
 
@@ -478,7 +282,7 @@ def test_a_revoke_settles_the_commit_still_out_at_once(kafka_bootstrap, topic_na
             handed[r.tp] = r.offset + 1
         poller = threading.Thread(target=lambda: [a.poll(0.1) for _ in iter(stop.is_set, True)])
         poller.start()
-        b = FetcherSource(_config(kafka_bootstrap, topic_name, group), prefetch_polls=2)
+        b = KafkaSource(_config(kafka_bootstrap, topic_name, group))
         deadline = time.monotonic() + 90
         while not took and time.monotonic() < deadline:
             b.poll(0.2)
@@ -491,3 +295,49 @@ def test_a_revoke_settles_the_commit_still_out_at_once(kafka_bootstrap, topic_na
             b.close()
     assert took and took[0] < 10.0, took
     assert _group_committed(kafka_bootstrap, topic_name, group, 2) == {0: 300, 1: 300}
+
+
+def test_pause_returns_nothing_and_resume_reads_on(kafka_bootstrap, topic_name):
+    _fill(kafka_bootstrap, topic_name, 2, 2000)
+    source = KafkaSource(_config(kafka_bootstrap, topic_name))
+    try:
+        got = _poll_until(source, 10)
+        source.pause()
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert source.poll(0.1) == []
+        source.resume()
+        got = _poll_until(source, 4000, out=got)
+    finally:
+        source.close()
+    assert _offsets_by_partition(got) == {0: list(range(2000)), 1: list(range(2000))}
+
+
+def test_a_member_without_partitions_waits_in_poll(kafka_bootstrap, topic_name):
+    """Two members, one partition: the idle one's poll waits its timeout instead of spinning."""
+    _fill(kafka_bootstrap, topic_name, 1, 10)
+    group = f"{topic_name}-g"
+    first = KafkaSource(_config(kafka_bootstrap, topic_name, group))
+    second = KafkaSource(_config(kafka_bootstrap, topic_name, group))
+    try:
+        deadline = time.monotonic() + 60
+        settled_since = None
+        while settled_since is None or time.monotonic() - settled_since < 3.0:
+            assert time.monotonic() < deadline, "the group never settled"
+            first.poll(0.1)
+            second.poll(0.1)
+            if first.has_assignment() != second.has_assignment():
+                settled_since = settled_since or time.monotonic()
+            else:
+                settled_since = None
+        idle = second if first.has_assignment() else first
+        wall, cpu = time.monotonic(), time.process_time()
+        for _ in range(10):
+            assert idle.poll(0.2) == []
+        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        assert not idle.has_assignment()
+        assert wall >= 1.5, f"10 polls of 0.2 s returned after {wall:.2f} s: a busy loop"
+        assert cpu < 1.0, f"10 idle polls used {cpu:.2f} CPU s: a busy loop"
+    finally:
+        first.close()
+        second.close()
