@@ -6,11 +6,11 @@ The payloads are ``--events`` simulated feedback events (``SimulatedFeedback``, 
 360 bytes of JSON each), made once and held in memory. Each repeat times, one after another,
 a plain loop over all of them through
 
-* ``decode_event``: :func:`streaming.events.decode_event`, the pipeline's decoder, on the
+* ``decode_event``: :func:`streaming.events.decode.decode_event`, the pipeline's decoder, on the
   payloads as they are (every one valid);
 * ``decode_event+extra``: the same payloads with one unknown top-level field added
   (``"client":"ios"``), which the decoder keeps in ``extra``;
-* ``to_example``: :func:`streaming.convert.to_example` on the decoded events;
+* ``to_example``: :func:`streaming.events.examples.to_example` on the decoded events;
 * ``json.loads``: the stdlib parser alone, into dicts (the decoder's parser), as a floor.
 
 Each row prints the median over the repeats, in microseconds per event (the minimum too).
@@ -30,9 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streaming.convert import to_example  # noqa: E402
-from streaming.events import FeedbackEvent, decode_event  # noqa: E402
-from streaming.simulate import SimulatedFeedback  # noqa: E402
+from streaming.events import (  # noqa: E402
+    FeedbackEvent,
+    decode_event,
+    to_example,  # noqa: E402
+)
+from streaming.testing.simulate import SimulatedFeedback  # noqa: E402
 
 
 def per_event_us(work: Callable[[], object], n: int) -> float:

@@ -30,7 +30,7 @@ from learner.models import ModelSpec, build_reward_model, select_device  # noqa:
 from learner.objectives import RewardObjective  # noqa: E402
 from learner.step import Learner, StepConfig  # noqa: E402
 from monitors.metrics import Metrics  # noqa: E402
-from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
+from streaming.runtime.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.testing import MemorySink, MemorySource  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"

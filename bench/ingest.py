@@ -9,9 +9,9 @@ sides, alternating which goes first, each with a fresh consumer group reading th
 from the start:
 
 * ``bare``: a ``KafkaConsumer`` subscribed to the topic, polling until every record is counted;
-* ``feedstep``: :class:`streaming.pipeline.Pipeline` over the source ``feedstep run`` uses
-  (:class:`streaming.kafka.KafkaSource`, kafka-python's consumer in this process) with
-  :class:`streaming.testing.NullLearner` (one no-op "step" per micro-batch) and real
+* ``feedstep``: :class:`streaming.runtime.pipeline.Pipeline` over the source ``feedstep run`` uses
+  (:class:`streaming.kafka.source.KafkaSource`, kafka-python's consumer in this process) with
+  :class:`streaming.testing.memory.NullLearner` (one no-op "step" per micro-batch) and real
   metrics, stopping when it has consumed every record. Offsets are committed to the broker
   every ``--commit-every-steps`` steps (default 100, ``feedstep run``'s checkpoint cadence),
   through a checkpoint manager that writes nothing (the checkpoint's own cost is the
@@ -62,9 +62,9 @@ from monitors.metrics import Metrics  # noqa: E402
 from streaming.base import Record, Source  # noqa: E402
 from streaming.config import load_config  # noqa: E402
 from streaming.kafka import KafkaSource, warn_if_slow_crc  # noqa: E402
-from streaming.pipeline import Pipeline, PipelineSettings  # noqa: E402
-from streaming.simulate import SimulatedFeedback  # noqa: E402
+from streaming.runtime.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from streaming.testing import MemorySink, NullCheckpoints, NullLearner  # noqa: E402
+from streaming.testing.simulate import SimulatedFeedback  # noqa: E402
 
 
 @dataclass

@@ -5,7 +5,7 @@
 
 A :class:`streaming.testing.MemorySource` is filled with ``--events`` simulated feedback events
 (``SimulatedFeedback``, seed 0, the payloads ``bench/ingest.py`` writes to its topic) and read
-by :class:`streaming.pipeline.Pipeline` with :class:`streaming.testing.NullLearner`, real
+by :class:`streaming.runtime.pipeline.Pipeline` with :class:`streaming.testing.NullLearner`, real
 metrics and a checkpoint manager that writes nothing (offsets are committed every 100 steps,
 ``feedstep run``'s cadence). Each repeat builds a fresh source and pipeline; the time is that
 of ``run()``. Printed per repeat and as the median: events/s, wall µs/event and process CPU
@@ -32,14 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitors.metrics import Metrics  # noqa: E402
-from streaming.pipeline import Pipeline, PipelineSettings, RunSummary  # noqa: E402
-from streaming.simulate import SimulatedFeedback  # noqa: E402
+from streaming.runtime.pipeline import Pipeline, PipelineSettings, RunSummary  # noqa: E402
 from streaming.testing import (  # noqa: E402
     MemorySink,
     MemorySource,
     NullCheckpoints,
     NullLearner,
 )
+from streaming.testing.simulate import SimulatedFeedback  # noqa: E402
 
 
 class _ProfiledPipeline(Pipeline):

@@ -7,7 +7,7 @@ tokenizer), on one fixed batch, this times
   ``zero_grad`` -- what a plain training loop does;
 * ``full``: :meth:`learner.step.Learner.step` (baseline scoring, candidate forward, L2-SP,
   guard, clipping, AdamW) plus the per-step metrics update the sidecar makes
-  (``streaming.pipeline.Pipeline._after_step``: prequential windows, Prometheus gauges);
+  (``streaming.runtime.pipeline.Pipeline._after_step``: prequential windows, Prometheus gauges);
 * ``full-nobase``: the same full step with the baseline's forward replaced by a cached output,
   to show what the step costs beyond the baseline scoring a bare step never does.
 
@@ -189,7 +189,7 @@ def make_variant(
         return bare_step, {"model": bare, "optimizer": opt}
 
     from monitors.metrics import Metrics
-    from streaming.pipeline import Pipeline, _Batch
+    from streaming.runtime.pipeline import Pipeline, _Batch
     from streaming.testing import MemorySink, MemorySource
 
     learner = Learner(

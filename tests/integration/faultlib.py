@@ -36,8 +36,8 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from learner.checkpoint import CheckpointManager
-from streaming.offsets import DIGEST_KIND, Ledger, check_ledgers, event_digest
-from streaming.simulate import SimulatedFeedback
+from streaming.ingest.offsets import DIGEST_KIND, Ledger, check_ledgers, event_digest
+from streaming.testing.simulate import SimulatedFeedback
 
 REPO = Path(__file__).resolve().parents[2]
 

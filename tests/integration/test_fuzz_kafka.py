@@ -15,8 +15,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
 from streaming.events import DecodeLimits
-from streaming.fuzz import fuzz_cases
-from streaming.simulate import SimulatedFeedback
+from streaming.testing.fuzz import fuzz_cases
+from streaming.testing.simulate import SimulatedFeedback
 from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from learner.models import load_reward_model
 from learner.store import ModelStore
-from streaming.simulate import SimulatedFeedback
+from streaming.testing.simulate import SimulatedFeedback
 from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from streaming import cli
-from streaming.recording import read_recording
-from streaming.simulate import SimulatedFeedback
+from streaming.sources.recording import read_recording
+from streaming.testing.simulate import SimulatedFeedback
 
 pytestmark = pytest.mark.integration
 

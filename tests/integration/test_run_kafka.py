@@ -17,7 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
-from streaming.simulate import SimulatedFeedback
+from streaming.testing.simulate import SimulatedFeedback
 from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration

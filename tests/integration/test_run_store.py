@@ -10,7 +10,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from learner.store import ModelStore
-from streaming.simulate import SimulatedFeedback
+from streaming.testing.simulate import SimulatedFeedback
 from tests.integration.faultlib import run_argv
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from streaming.batcher import MicroBatcher
+from streaming.ingest.batcher import MicroBatcher
 
 
 class FakeClock:

@@ -6,6 +6,8 @@ import torch
 from learner.base import Example
 from learner.store import ModelStore
 from streaming import cli
+from streaming.cli.parser import build_parser
+from streaming.cli.wiring import build_learner, starting_model
 from streaming.config import load_config
 
 
@@ -133,9 +135,9 @@ def test_run_starts_from_the_live_version(store, tiny_parts, objective):
         overrides={"store": str(store.root), "model": "tiny", "device": "cpu"}, environ={}
     )
     assert config.store == str(store.root)
-    name, version = cli._starting_model(config)
+    name, version = starting_model(config)
     assert version == 2 and name == str(store.path(2))
-    learner = cli._build_learner(config, name)
+    learner = build_learner(config, name)
     batch = objective.collate([Example("q", "an answer", target=1.0), Example("p", "r", 0.0)])
     published = tiny_parts[0](1)  # version 2 was published from seed 1
     with torch.no_grad():
@@ -147,11 +149,11 @@ def test_run_starts_from_the_live_version(store, tiny_parts, objective):
 def test_run_falls_back_to_the_model_flag_without_a_live_version(tmp_path, caplog):
     config = load_config(overrides={"store": str(tmp_path / "none"), "model": "tiny"}, environ={})
     with caplog.at_level("INFO", logger="feedstep"):
-        assert cli._starting_model(config) == ("tiny", None)
+        assert starting_model(config) == ("tiny", None)
     assert "does not exist yet" in caplog.text
     ModelStore(tmp_path / "empty")
     config = load_config(overrides={"store": str(tmp_path / "empty"), "model": "tiny"}, environ={})
-    assert cli._starting_model(config) == ("tiny", None)
+    assert starting_model(config) == ("tiny", None)
     assert load_config(environ={}).store == "./feedstep-store"
 
 
@@ -172,7 +174,7 @@ def test_run_refuses_a_corrupt_live_version_before_touching_kafka(store, capsys)
 
 
 def test_existing_verbs_still_parse():
-    parser = cli.build_parser()
+    parser = build_parser()
     assert parser.parse_args(["run", "--store", "s"]).store == "s"
     assert parser.parse_args(["run"]).store is None
     assert parser.parse_args(["demo", "--events", "5"]).events == 5

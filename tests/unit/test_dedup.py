@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from streaming.dedup import Deduplicator
+from streaming.ingest.dedup import Deduplicator
 
 
 def test_first_sight_is_new_repeat_is_duplicate():
@@ -128,7 +128,7 @@ class _Reference:
 @pytest.mark.parametrize("window", [1, 2, 5, 16, 50])
 def test_chunked_order_behaves_like_an_ordered_dict(chunk, window, monkeypatch):
     """Seeded random adds (with repeats), forgets (newest and oldest), snapshots, restores."""
-    import streaming.dedup as dedup_module
+    import streaming.ingest.dedup as dedup_module
 
     monkeypatch.setattr(dedup_module, "_CHUNK", chunk)
     rng = random.Random(chunk * 1000 + window)
@@ -159,7 +159,7 @@ def test_chunked_order_behaves_like_an_ordered_dict(chunk, window, monkeypatch):
 
 
 def test_snapshot_chunks_share_the_sealed_chunks_and_are_not_changed_later(monkeypatch):
-    import streaming.dedup as dedup_module
+    import streaming.ingest.dedup as dedup_module
 
     monkeypatch.setattr(dedup_module, "_CHUNK", 4)
     d = Deduplicator(window=10)

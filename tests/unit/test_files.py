@@ -8,7 +8,7 @@ import pytest
 
 from streaming.base import Source
 from streaming.events import FeedbackEvent, decode_event
-from streaming.files import JsonlFileSource
+from streaming.sources.files import JsonlFileSource
 from streaming.testing import MemorySource
 
 

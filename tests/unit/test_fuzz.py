@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from monitors.metrics import Metrics
 from streaming.base import Sink
-from streaming.deadletter import DETAIL, REASON, SOURCE_OFFSET, SOURCE_PARTITION
 from streaming.events import DEFAULT_LIMITS, FEEDBACK_TYPES, FeedbackEvent, decode_event
-from streaming.fuzz import FAMILIES, fuzz_cases
-from streaming.pipeline import Pipeline, PipelineSettings
+from streaming.ingest.deadletter import DETAIL, REASON, SOURCE_OFFSET, SOURCE_PARTITION
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullLearner
+from streaming.testing.fuzz import FAMILIES, fuzz_cases
 
 DLQ = "feedback.dlq"
 

@@ -10,10 +10,10 @@ from learner.step import Learner, StepConfig
 from learner.store import ModelStore
 from monitors.gate import GateConfig
 from monitors.metrics import Metrics
-from streaming.governance import GovernanceSettings, Governor
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.promotion.governor import GovernanceSettings, Governor
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource
+from streaming.testing.simulate import SimulatedFeedback
 
 GATE = GateConfig(min_events=300, drift_quiet_events=0, holdout_required=False)
 

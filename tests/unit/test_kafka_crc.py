@@ -7,7 +7,7 @@ import logging
 import pytest
 from kafka.record import util
 
-import streaming.kafka as kafka_mod
+import streaming.kafka.client as kafka_mod
 
 
 def test_crc32c_c_extension_is_what_kafka_python_uses() -> None:
@@ -24,7 +24,7 @@ def test_missing_extension_is_logged_once(
 ) -> None:
     monkeypatch.setattr(util, "crc32c_c", None)
     monkeypatch.setattr(kafka_mod, "_crc_checked", False)
-    with caplog.at_level(logging.WARNING, logger="streaming.kafka"):
+    with caplog.at_level(logging.WARNING, logger="streaming.kafka.client"):
         assert kafka_mod.warn_if_slow_crc() is False
         assert kafka_mod.warn_if_slow_crc() is False
     warnings = [r.getMessage() for r in caplog.records if "pure Python" in r.getMessage()]

@@ -8,7 +8,7 @@ import zlib
 import crc32c
 
 from streaming.base import Record
-from streaming.offsets import (
+from streaming.ingest.offsets import (
     DIGEST_KIND,
     Ledger,
     Segment,

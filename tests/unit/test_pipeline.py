@@ -9,9 +9,9 @@ import pytest
 from learner.step import Learner, StepConfig
 from monitors.metrics import Metrics
 from streaming.errors import PipelineError
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource
+from streaming.testing.simulate import SimulatedFeedback
 
 BAD = [b"{nope", b'{"event_id": "a"}', b"\xff\xfe"]
 

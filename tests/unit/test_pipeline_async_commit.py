@@ -16,9 +16,9 @@ import pytest
 from monitors.metrics import Metrics
 from streaming.base import TopicPartition
 from streaming.errors import CommitRejected, FeedstepError, SourceBusy
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullCheckpoints, NullLearner
+from streaming.testing.simulate import SimulatedFeedback
 
 
 class _LateCommitSource(MemorySource):
@@ -140,7 +140,7 @@ def test_a_commit_that_fails_late_is_counted_and_retried():
 
 def test_a_refused_commit_is_not_retried_and_later_ones_go_on(caplog):
     source = _LateCommitSource(_values(600, 3), delay=1, fail={1: CommitRejected("fenced")})
-    with caplog.at_level(logging.WARNING, logger="streaming.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="streaming.runtime.pipeline"):
         pipe, metrics = _run(source, 600)
     assert _failures(metrics) == 0
     assert any("refused" in r.getMessage() for r in caplog.records)

@@ -8,9 +8,9 @@ import torch
 from learner.checkpoint import CheckpointManager
 from learner.step import Learner, StepConfig
 from monitors.metrics import Metrics
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource
+from streaming.testing.simulate import SimulatedFeedback
 
 VALUES = list(SimulatedFeedback(seed=8).payloads(48))
 

@@ -6,9 +6,9 @@ import threading
 import time
 
 from monitors.metrics import Metrics
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullLearner
+from streaming.testing.simulate import SimulatedFeedback
 
 
 def _stream(n: int) -> list[bytes]:

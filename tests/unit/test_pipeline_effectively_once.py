@@ -12,10 +12,10 @@ from learner.checkpoint import CheckpointManager
 from learner.step import Learner, StepConfig
 from monitors.metrics import Metrics
 from streaming.errors import PipelineError
-from streaming.offsets import check_ledgers, event_digest
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.ingest.offsets import check_ledgers, event_digest
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource
+from streaming.testing.simulate import SimulatedFeedback
 
 GEN = SimulatedFeedback(seed=3)
 EVENTS = list(GEN.payloads(120))

@@ -8,9 +8,9 @@ import pytest
 
 from monitors.metrics import Metrics
 from streaming.errors import PipelineError
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullLearner
+from streaming.testing.simulate import SimulatedFeedback
 
 
 def _pipeline(learner: NullLearner, freeze: bool) -> tuple[Pipeline, list[int]]:

@@ -9,12 +9,11 @@ import pytest
 
 from learner.base import Example, TensorBatch
 from monitors.metrics import Metrics
-from streaming.convert import to_example
 from streaming.errors import PipelineError
-from streaming.events import decode_event
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.events import decode_event, to_example
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullLearner, NullObjective
+from streaming.testing.simulate import SimulatedFeedback
 
 
 class _RecordingObjective(NullObjective):

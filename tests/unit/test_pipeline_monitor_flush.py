@@ -12,9 +12,9 @@ from learner.base import ObjectiveOutput, TensorBatch
 from learner.step import StepResult
 from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
-from streaming.pipeline import Pipeline, PipelineSettings
-from streaming.simulate import SimulatedFeedback
+from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource, NullLearner
+from streaming.testing.simulate import SimulatedFeedback
 
 
 class _NoisyLearner(NullLearner):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from streaming import cli
 from streaming.base import Record
 from streaming.errors import FeedstepError
-from streaming.recording import (
+from streaming.sources.recording import (
     Pacer,
     RecordingFileSource,
     decode_recorded,

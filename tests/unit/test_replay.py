@@ -9,8 +9,8 @@ import pytest
 
 from streaming import cli
 from streaming.base import Record
-from streaming.recording import encode_record
-from streaming.simulate import SimulatedFeedback
+from streaming.sources.recording import encode_record
+from streaming.testing.simulate import SimulatedFeedback
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -18,13 +18,14 @@ When both queues are full the ingest stage pauses the source's partitions and ke
 step slows consumption instead of growing memory.
 
 Effectively-once. The records read since the previous batch closed form a **segment**
-(:mod:`streaming.offsets`); a segment is *applied* once its batch's step is done (a segment of
-rejects and duplicates only is applied when nothing is in flight). Applied segments move the
-per-partition ``applied`` offsets and extend the :class:`~streaming.offsets.Ledger`. A
-checkpoint holds the weights together with exactly those offsets, the ledger, the ids of the
-applied events for de-duplication and the monitors' state; Kafka offsets are committed only
-after the checkpoint that covers them is on disk. A restart seeks every partition to the
-checkpoint's offsets, so the model state is a function of exactly the events it trained on.
+(:mod:`streaming.ingest.offsets`); a segment is *applied* once its batch's step is done (a
+segment of rejects and duplicates only is applied when nothing is in flight). Applied segments
+move the per-partition ``applied`` offsets and extend the
+:class:`~streaming.ingest.offsets.Ledger`. A checkpoint holds the weights together with exactly
+those offsets, the ledger, the ids of the applied events for de-duplication and the monitors'
+state; Kafka offsets are committed only after the checkpoint that covers them is on disk. A
+restart seeks every partition to the checkpoint's offsets, so the model state is a function of
+exactly the events it trained on.
 
 Rebalances and shutdown settle the same way: close the open batch, finish every step in
 flight, checkpoint, commit — then release the partitions or exit. A batch smaller than the
@@ -40,7 +41,6 @@ import gc
 import itertools
 import json
 import logging
-import math
 import queue
 import threading
 import time
@@ -56,14 +56,14 @@ from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
-from streaming.batcher import MicroBatcher
-from streaming.convert import to_example
-from streaming.deadletter import send_to_dead_letter
-from streaming.dedup import Deduplicator
 from streaming.errors import FeedstepError, PipelineError
-from streaming.events import DecodeLimits, Rejection, decode_event
-from streaming.governance import Governor, features_of
-from streaming.offsets import Ledger, Segment, id_hash
+from streaming.events import DecodeLimits, Rejection, decode_event, to_example
+from streaming.ingest.batcher import MicroBatcher
+from streaming.ingest.deadletter import send_to_dead_letter
+from streaming.ingest.dedup import Deduplicator
+from streaming.ingest.offsets import Ledger, Segment, id_hash
+from streaming.promotion.governor import Governor, features_of
+from streaming.runtime.telemetry import RunSummary, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -109,56 +109,11 @@ class _Batch:
     tensors: TensorBatch | None = None
 
 
-@dataclass(slots=True)
-class RunSummary:
-    """What a run did, for the CLI's closing line and for tests."""
-
-    consumed: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    steps: int = 0
-    skipped_steps: int = 0
-    trained_examples: int = 0
-    given_up: int = 0
-    baseline_correct: float = 0.0
-    candidate_correct: float = 0.0
-    scored: int = 0
-    elapsed_s: float = 0.0
-    checkpoints: int = 0
-    commit_pending: bool = False
-    stopped: bool = False
-    """The run was ended by :meth:`Pipeline.stop` (a signal), not by its source or a limit."""
-    final_offsets: dict[TopicPartition, int] = field(default_factory=dict)
-
-    @property
-    def accounted(self) -> bool:
-        """Every record read is accepted, rejected or a duplicate, and every accepted one trained.
-
-        False after a stop request that gave up batches, or when events were left untrained
-        (a final batch smaller than the objective allows, a skipped step).
-        """
-        return (
-            self.consumed == self.accepted + self.rejected + self.duplicates
-            and self.trained_examples == self.accepted
-        )
-
-    @property
-    def baseline_accuracy(self) -> float:
-        """Prequential accuracy of the baseline over the whole run."""
-        return self.baseline_correct / self.scored if self.scored else math.nan
-
-    @property
-    def candidate_accuracy(self) -> float:
-        """Prequential accuracy of the candidate over the whole run (scored before each step)."""
-        return self.candidate_correct / self.scored if self.scored else math.nan
-
-
 class Pipeline:
     """Wires a source, the learner and the monitors into the sidecar loop.
 
     Example:
-        >>> from streaming.testing import MemorySource, MemorySink
+        >>> from streaming.testing.memory import MemorySource, MemorySink
         >>> pipe = Pipeline(MemorySource(data), MemorySink(), learner, Metrics())  # doctest: +SKIP
         >>> summary = pipe.run()  # doctest: +SKIP
     """
@@ -192,14 +147,8 @@ class Pipeline:
             s.batch_size, s.max_wait_ms
         )
         self.dedup = Deduplicator(s.dedup_window)
-        self.prequential = PairedPrequential(s.prequential_window)
-        self.summary = RunSummary()
-        # Set once per loop turn (_publish): the labelled children are looked up once.
-        self._prequential_gauges = tuple(
-            gauge.labels(model=model)
-            for gauge in (metrics.prequential_loss, metrics.prequential_accuracy)
-            for model in ("baseline", "candidate")
-        )
+        self.telemetry = Telemetry(metrics, learner, source, s.prequential_window)
+        self.summary = self.telemetry.summary
         self.ledger = Ledger()
         self._segment = Segment()  # read since the last batch closed
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
@@ -232,11 +181,6 @@ class Pipeline:
         self._was_disconnected = False
         self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
         self._ready_since: float | None = None
-        self._next_lag_at = 0.0
-        # Steps accounted for, not yet fed to the monitors: (result, event ts if applied, when).
-        self._unflushed: list[tuple[StepResult, list[float] | None, float]] = []
-        self._unpublished: StepResult | None = None  # the latest step, gauges not set yet
-        self._last_step_at: float | None = None
         self._running = False
         self._connected = True
         self._stop = threading.Event()
@@ -251,6 +195,11 @@ class Pipeline:
         source.set_rebalance_hooks(self._on_revoke, self._on_assign)
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def prequential(self) -> PairedPrequential:
+        """The paired prequential windows of both models (see :class:`Telemetry`)."""
+        return self.telemetry.prequential
+
     def stop(self) -> None:
         """Ask the loop to finish the step in flight, commit and return (signal-safe).
 
@@ -320,10 +269,10 @@ class Pipeline:
                 self._maybe_checkpoint(now)
                 self._check_commit()
                 self._retry_commit(now)
-                self._publish()
+                self.telemetry.publish()
                 if now - last_log >= s.log_every_s:
                     last_log = now
-                    self._report()
+                    self.telemetry.report()
                 if self._should_stop(now - last_data):
                     break
         except BaseException:
@@ -343,7 +292,7 @@ class Pipeline:
             self.summary.stopped = self._stop_at is not None
             self.metrics.ready.set(0)
             self.health.set_ready(False, "stopped")
-        self._report()
+        self.telemetry.report()
         return self.summary
 
     # -- ingest stage -------------------------------------------------------------------------
@@ -988,28 +937,10 @@ class Pipeline:
                     self._outbox.put((batch, exc))
                     return
 
-    # -- monitoring ---------------------------------------------------------------------------
-    def _after_step(self, batch: _Batch, result: StepResult) -> None:
-        """Account for a finished step; its per-event monitoring waits for :meth:`_flush_steps`.
 
-        Counting the step, the skip warning and the governor happen now; the prequential
-        windows, the accuracy totals and the step histograms take the steps of a loop turn
-        together (~30 at batch 16), which costs a fraction of doing it step by step and gives
-        the same values in the same order. ``on_progress`` sees every step's figures.
-        """
-        s = self.summary
-        now = time.time()
-        if result.applied:
-            s.steps += 1
-            s.trained_examples += result.batch_size
-            self._last_step_at = now
-        else:
-            s.skipped_steps += 1
-            self.metrics.skipped_steps.labels(reason=result.skip_reason or "unknown").inc()
-            log.warning(
-                "step skipped: %s (batch of %d kept out)", result.skip_reason, result.batch_size
-            )
-        self._unflushed.append((result, batch.ts if result.applied else None, now))
+    def _after_step(self, batch: _Batch, result: StepResult) -> None:
+        """Account for a finished step: telemetry, the governor, ``on_progress``."""
+        self.telemetry.account(result, batch.ts)
         if self.governor is not None:
             live = self.governor.live_version
             self.governor.after_step(
@@ -1018,94 +949,8 @@ class Pipeline:
             if self.governor.live_version != live:
                 self._switched = True  # checkpoint right after it: a restart must not undo it
         if self.on_progress is not None:
-            self._flush_steps()
-            self.on_progress(s)
-
-    def _flush_steps(self) -> None:
-        """Feed the steps accounted for since the last flush to the monitors, in step order."""
-        steps = self._unflushed
-        if not steps:
-            return
-        self._unflushed = []
-        s, m = self.summary, self.metrics
-        base_loss: list[float] = []
-        cand_loss: list[float] = []
-        base_correct: list[float] = []
-        cand_correct: list[float] = []
-        lags: list[float] = []
-        applied = 0
-        for result, ts, at in steps:
-            base, cand = result.baseline, result.candidate
-            base_loss += base.loss.tolist()
-            cand_loss += cand.loss.tolist()
-            base_correct += base.correct.tolist()
-            cand_correct += cand.correct.tolist()
-            if ts is not None:
-                applied += 1
-                lags += [max(0.0, at - t) for t in ts]
-        self.prequential.update(base_loss, cand_loss, base_correct, cand_correct)
-        for bc, cc in zip(base_correct, cand_correct, strict=True):
-            if cc == cc:  # not NaN: the example has a right answer
-                s.scored += 1
-                s.baseline_correct += bc
-                s.candidate_correct += cc
-        m.batch_size.observe_many([result.batch_size for result, _, _ in steps])
-        m.step_duration.observe_many([result.duration_s for result, _, _ in steps])
-        if applied:
-            m.steps.inc(applied)
-            m.feedback_to_update.observe_many(lags)
-        self._unpublished = steps[-1][0]
-
-    def _publish(self) -> None:
-        """Set the gauges that describe the latest step, once per loop turn rather than per step.
-
-        A turn handles every result that came in meanwhile (at batch 16 and 500 records a
-        poll, ~30 steps); a gauge shows the last value anyway, and the learner's figures
-        (parameter distance, device memory) are computed once per turn instead of per step.
-        """
-        self._flush_steps()
-        result = self._unpublished
-        if result is None:
-            return
-        self._unpublished = None
-        m = self.metrics
-        snap = self.prequential.snapshot()
-        base_loss, cand_loss, base_acc, cand_acc = self._prequential_gauges
-        base_loss.set(snap.baseline_loss)
-        cand_loss.set(snap.candidate_loss)
-        base_acc.set(snap.baseline_accuracy)
-        cand_acc.set(snap.candidate_accuracy)
-        m.loss_difference.set(snap.mean_loss_difference)
-        m.task_loss.set(result.task_loss)
-        m.regularizer_loss.set(result.reg_loss)
-        m.grad_norm.set(result.grad_norm)
-        if self._last_step_at is not None:
-            m.last_step_timestamp.set(self._last_step_at)
-        m.learning_rate.set(self.learner.optimizer.param_groups[0]["lr"])
-        m.param_distance.set(self.learner.param_distance())
-        m.device_memory.set(self.learner.device_memory_bytes())
-        if time.monotonic() >= self._next_lag_at:  # at most once a second: it may ask the broker
-            self._next_lag_at = time.monotonic() + 1.0
-            for (topic, partition), lag in self.source.lag().items():
-                m.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-
-    def _report(self) -> None:
-        self._publish()
-        for (topic, partition), lag in self.source.lag().items():
-            self.metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
-        snap = self.prequential.snapshot()
-        log.info(
-            "consumed=%d accepted=%d rejected=%d duplicates=%d steps=%d skipped=%d "
-            "preq_acc baseline=%.3f candidate=%.3f",
-            self.summary.consumed,
-            self.summary.accepted,
-            self.summary.rejected,
-            self.summary.duplicates,
-            self.summary.steps,
-            self.summary.skipped_steps,
-            snap.baseline_accuracy,
-            snap.candidate_accuracy,
-        )
+            self.telemetry.flush()
+            self.on_progress(self.summary)
 
 
 def _unusable(detail: str) -> Rejection:

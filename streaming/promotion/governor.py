@@ -380,9 +380,8 @@ def load_holdout(path: str | Path, objective: Any, max_events: int = 2000) -> Te
 
     Lines that do not decode are an error here, not dead letters: a holdout set is curated.
     """
-    from streaming.convert import to_example
     from streaming.errors import ConfigError
-    from streaming.events import Rejection, decode_event
+    from streaming.events import Rejection, decode_event, to_example
 
     examples = []
     p = Path(path)

@@ -1,4 +1,4 @@
-"""The feedback event: its JSON schema, the one validating decoder, and the encoder.
+"""The one decoder: a Kafka message value to a FeedbackEvent or a Rejection; and the encoder.
 
 One Kafka message holds one event, a JSON object::
 
@@ -29,221 +29,26 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
 
-__all__ = [
-    "DEFAULT_LIMITS",
-    "FEEDBACK_TYPES",
-    "SCHEMA_VERSION",
-    "DecodeLimits",
-    "Feedback",
-    "FeedbackEvent",
-    "RejectReason",
-    "Rejection",
-    "decode_event",
-    "encode_event",
-    "event_to_dict",
-    "format_timestamp",
-    "parse_timestamp",
-]
+from streaming.events.schema import (
+    _EMPTY_EXTRA,
+    _KNOWN_FIELDS,
+    _MAX_EVENT_ID_CHARS,
+    DEFAULT_LIMITS,
+    FEEDBACK_TYPES,
+    SCHEMA_VERSION,
+    DecodeLimits,
+    Feedback,
+    FeedbackEvent,
+    Rejection,
+    RejectReason,
+)
+from streaming.events.timestamps import _parse_ts, format_timestamp
 
-SCHEMA_VERSION: Final = 1
-"""The only ``schema_version`` this decoder understands (and the default when absent)."""
-
-FEEDBACK_TYPES: Final = ("thumb", "rating", "correction", "preference")
-"""Every accepted ``feedback.type``."""
-
-_UTC: Final = timezone.utc
 _FIX: Final = "fix the producer that writes feedback events"
 _MISSING: Final = object()
-_EMPTY_EXTRA: Final[Mapping[str, Any]] = MappingProxyType({})
-_KNOWN_FIELDS: Final = frozenset(
-    {
-        "schema_version",
-        "event_id",
-        "ts",
-        "prompt",
-        "response",
-        "feedback",
-        "model_version",
-        "conversation_id",
-        "tenant",
-        "weight",
-    }
-)
-_MAX_EVENT_ID_CHARS: Final = 200
-
-
-class RejectReason(str, Enum):
-    """Why an event was rejected; the value is a short label safe for metrics and headers.
-
-    Example:
-        >>> RejectReason.BAD_JSON.value
-        'bad_json'
-    """
-
-    TOO_LARGE = "too_large"
-    BAD_ENCODING = "bad_encoding"
-    EMPTY = "empty"
-    BAD_JSON = "bad_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    WRONG_TYPE = "wrong_type"
-    BAD_VALUE = "bad_value"
-    BAD_TIMESTAMP = "bad_timestamp"
-    UNKNOWN_FEEDBACK_TYPE = "unknown_feedback_type"
-    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """A record that could not be decoded into a :class:`FeedbackEvent`.
-
-    Attributes:
-        reason: Bounded label, fit for a metric label or a dead-letter header.
-        detail: What was expected, what was found (field name and JSON kind, never user text)
-            and what to do.
-
-    Example:
-        >>> r = decode_event(b"[]")
-        >>> r.reason is RejectReason.NOT_AN_OBJECT
-        True
-    """
-
-    reason: RejectReason
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    """Limits applied while decoding; every one is a positive int.
-
-    Attributes:
-        max_text_chars: Longer prompt/response/feedback texts are truncated to this many
-            characters and named in :attr:`FeedbackEvent.truncated_fields`.
-        max_event_bytes: Larger payloads are rejected as ``too_large`` before parsing.
-        max_json_depth: Deeper JSON nesting is rejected as ``bad_json``; the top-level object
-            is depth 1 and ``feedback`` depth 2, so at least 2.
-
-    Example:
-        >>> DecodeLimits(max_text_chars=4096).max_event_bytes
-        1048576
-    """
-
-    max_text_chars: int = 8192
-    max_event_bytes: int = 1_048_576
-    max_json_depth: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("max_text_chars", "max_event_bytes", "max_json_depth"):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ValueError(
-                    f"DecodeLimits.{name} must be a positive int, got {value!r}; "
-                    "set it to a whole number >= 1"
-                )
-        if self.max_json_depth < 2:
-            raise ValueError(
-                f"DecodeLimits.max_json_depth must be >= 2 (an event nests 'feedback' "
-                f"inside the top-level object), got {self.max_json_depth}"
-            )
-
-
-DEFAULT_LIMITS: Final = DecodeLimits()
-"""The limits :func:`decode_event` uses when none are given."""
-
-
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    """The user's signal on one reply; which attributes are set depends on ``type``.
-
-    * ``thumb``: ``value`` is 1 or -1.
-    * ``rating``: ``value`` is 1..5.
-    * ``correction``: ``text`` is the corrected reply (non-empty).
-    * ``preference``: ``chosen`` and ``rejected`` are two replies.
-
-    Example:
-        >>> Feedback("rating", value=4)
-        Feedback(type='rating', value=4, text=None, chosen=None, rejected=None)
-    """
-
-    type: str
-    value: int | None = None
-    text: str | None = None
-    chosen: str | None = None
-    rejected: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FeedbackEvent:
-    """One validated feedback event.
-
-    Attributes:
-        event_id: Producer-assigned unique id (1..200 characters), used for de-duplication.
-        ts: When the feedback was given, aware and in UTC after decoding.
-        prompt: The user's prompt (possibly truncated).
-        response: The assistant's reply the feedback is about (possibly truncated).
-        feedback: The signal itself.
-        model_version: The model that produced ``response``, when the producer knows it.
-        conversation_id: Conversation the exchange belongs to.
-        tenant: Tenant of the chat service.
-        weight: Positive, finite example weight.
-        schema_version: Always 1 today.
-        extra: Unknown top-level fields, kept read-only and written back by
-            :func:`encode_event`.
-        truncated_fields: Names of fields cut to ``max_text_chars`` while decoding (e.g.
-            ``"prompt"``, ``"feedback.text"``); decode metadata, not written by the encoder.
-
-    Example:
-        >>> from datetime import datetime, timezone
-        >>> e = FeedbackEvent("e-1", datetime(2026, 11, 28, tzinfo=timezone.utc), "hi", "hello",
-        ...                   Feedback("thumb", value=1))
-        >>> decode_event(encode_event(e)) == e
-        True
-    """
-
-    event_id: str
-    ts: datetime
-    prompt: str
-    response: str
-    feedback: Feedback
-    model_version: str | None = None
-    conversation_id: str | None = None
-    tenant: str | None = None
-    weight: float = 1.0
-    schema_version: int = SCHEMA_VERSION
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY_EXTRA, hash=False)
-    truncated_fields: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.ts.tzinfo is None:
-            raise ValueError(
-                "FeedbackEvent.ts must be timezone-aware, got a naive datetime; "
-                "pass tzinfo=timezone.utc"
-            )
-        extra = self.extra
-        if type(extra) is not MappingProxyType:
-            object.__setattr__(self, "extra", MappingProxyType(dict(extra)))
-        if extra and not _KNOWN_FIELDS.isdisjoint(extra):
-            clash = sorted(_KNOWN_FIELDS.intersection(extra))
-            raise ValueError(
-                f"FeedbackEvent.extra must hold only unknown fields, got schema field(s) "
-                f"{clash}; pass them as constructor arguments instead"
-            )
-
-    @property
-    def ts_epoch_s(self) -> float:
-        """``ts`` as seconds since the Unix epoch."""
-        return self.ts.timestamp()
-
 
 # --------------------------------------------------------------------------------------------
 # JSON parsing helpers
@@ -309,83 +114,6 @@ def _describe_label(value: str) -> str:
     if _IDENTIFIER.fullmatch(value):
         return repr(value)
     return f"a {len(value)}-character string"
-
-
-# --------------------------------------------------------------------------------------------
-# Timestamps
-
-# Everything RFC 3339 allows (lowercase t/z, a space separator, any fraction length), plus a
-# missing offset so that a naive time gets its own message.
-_RFC3339: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
-    re.ASCII,
-)
-
-
-def _parse_ts(text: str) -> datetime | str:
-    """Parse an RFC 3339 timestamp to aware UTC; on failure return what was wrong."""
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        return "is not an RFC 3339 timestamp"
-    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = m.groups()
-    if zulu is None and sign is None:
-        return "has no UTC offset (a naive time is ambiguous)"
-    sec = int(second)
-    micro = int(frac[:6].ljust(6, "0")) if frac else 0
-    if sec == 60:  # leap second: keep it inside the same minute
-        sec, micro = 59, 999_999
-    if zulu is not None:
-        tz = _UTC
-    else:
-        hours, minutes = int(off_h), int(off_m)
-        if hours > 23 or minutes > 59:
-            return "has a UTC offset out of range (hours 00..23, minutes 00..59)"
-        delta = timedelta(hours=hours, minutes=minutes)
-        tz = timezone(-delta if sign == "-" else delta)
-    try:
-        dt = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), sec, micro, tzinfo=tz
-        )
-        return dt.astimezone(_UTC)
-    except (ValueError, OverflowError):
-        return "is not a valid calendar date and time in UTC"
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp with a UTC offset into an aware UTC datetime.
-
-    Args:
-        text: For example ``"2026-11-28T10:00:00Z"`` or ``"2026-11-28T12:00:00.5+02:00"``.
-
-    Returns:
-        The same instant as an aware datetime in UTC.
-
-    Raises:
-        ValueError: The text is not RFC 3339, has no offset, or is not a real date.
-
-    Example:
-        >>> parse_timestamp("2026-11-28T12:00:00+02:00").isoformat()
-        '2026-11-28T10:00:00+00:00'
-    """
-    result = _parse_ts(text)
-    if isinstance(result, str):
-        raise ValueError(
-            f"timestamp {result}; expected RFC 3339 with an offset, e.g. '2026-11-28T10:00:00Z'"
-        )
-    return result
-
-
-def format_timestamp(ts: datetime) -> str:
-    """Format an aware datetime as RFC 3339 in UTC with a ``Z`` suffix.
-
-    Example:
-        >>> format_timestamp(parse_timestamp("2026-11-28T12:00:00.25+02:00"))
-        '2026-11-28T10:00:00.250000Z'
-    """
-    if ts.tzinfo is None:
-        raise ValueError("format_timestamp needs an aware datetime, got a naive one")
-    return ts.astimezone(_UTC).isoformat()[:-6] + "Z"
 
 
 # --------------------------------------------------------------------------------------------

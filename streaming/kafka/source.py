@@ -1,8 +1,8 @@
-"""Kafka source and sink on kafka-python.
+"""The feedback topic as a :class:`~streaming.base.Source`: kafka-python's ``KafkaConsumer``.
 
-:class:`KafkaSource` is a consumer-group member with auto-commit off: offsets are committed
-only by the pipeline, after the step that consumed them. :class:`KafkaSink` is an idempotent
-producer (acks=all) for the dead-letter and model-updates topics.
+:class:`KafkaSource` is a consumer-group member in the sidecar's own process, with auto-commit
+off: offsets are committed only by the pipeline, after the checkpoint that covers them. It uses
+kafka-python's public API only, and kafka-python's own record reader.
 """
 
 from __future__ import annotations
@@ -13,36 +13,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from streaming.base import Record, Sink, Source
+from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
-from streaming.errors import BrokerUnavailable, CommitRejected, SinkUnavailable
+from streaming.errors import BrokerUnavailable, CommitRejected
+from streaming.kafka.client import client_options, warn_if_slow_crc
 
 log = logging.getLogger(__name__)
-
-
-def client_options(config: FeedstepConfig) -> dict[str, Any]:
-    """Connection and security settings shared by consumers, producers and admin clients."""
-    opts: dict[str, Any] = {
-        "bootstrap_servers": config.bootstrap_servers.split(","),
-        "client_id": config.client_id,
-        "security_protocol": config.security_protocol,
-        "reconnect_backoff_ms": 100,
-        "reconnect_backoff_max_ms": config.reconnect_backoff_max_ms,
-    }
-    if config.sasl_mechanism:
-        opts["sasl_mechanism"] = config.sasl_mechanism
-        opts["sasl_plain_username"] = config.sasl_plain_username
-        if config.sasl_plain_password is not None:
-            opts["sasl_plain_password"] = config.sasl_plain_password.get_secret_value()
-    if config.ssl_cafile:
-        opts["ssl_cafile"] = config.ssl_cafile
-    return opts
 
 
 def to_record(tp: TopicPartition, r: Any) -> Record:
@@ -84,29 +66,6 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         hook = self._source.on_assign
         if hook is not None and tps:
             hook(tps)
-
-
-_crc_checked = False
-
-
-def warn_if_slow_crc() -> bool:
-    """Log once per process when kafka-python checks record CRCs in pure Python.
-
-    kafka-python verifies the CRC-32C of every record batch it reads. Without the ``crc32c`` C
-    package (a feedstep dependency) it falls back to a Python loop that takes about three
-    quarters of the consumer's CPU on small events. Returns True when the fast one is in use.
-    """
-    global _crc_checked
-    from kafka.record import util
-
-    fast = getattr(util, "crc32c_c", None) is not None
-    if not fast and not _crc_checked:
-        log.warning(
-            "kafka-python is checking record CRCs in pure Python (the crc32c package is "
-            "missing), which costs most of the consumer's CPU; pip install 'crc32c>=2.3,<3'"
-        )
-    _crc_checked = True
-    return fast
 
 
 def _kafka_offsets(offsets: Mapping[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -446,97 +405,3 @@ class KafkaSource(Source):
     def close(self) -> None:
         """Leave the group (no auto-commit: offsets are only what the pipeline committed)."""
         self._consumer.close(autocommit=False)
-
-
-class KafkaSink(Sink):
-    """A producer that waits for all in-sync replicas on flush and never drops a message.
-
-    A message whose send or delivery fails (a broker outage longer than the producer's own
-    retries) stays queued and is sent again by the next :meth:`flush`, which raises
-    :class:`~streaming.errors.SinkUnavailable` until every message is acknowledged.
-
-    With ``ordered=True`` only one request is in flight per broker, so retries cannot reorder
-    messages of one partition.
-
-    Example:
-        >>> sink = KafkaSink(config)  # doctest: +SKIP
-        >>> sink.send("feedback.dlq", b"...", headers=[("h", b"v")])  # doctest: +SKIP
-        >>> sink.flush()  # doctest: +SKIP
-    """
-
-    def __init__(self, config: FeedstepConfig, *, ordered: bool = False) -> None:
-        # ordered: one request in flight per broker, so a retry can never overtake a later
-        # message (``feedstep produce`` keeps each key's order this way).
-        extra: dict[str, Any] = {"max_in_flight_requests_per_connection": 1} if ordered else {}
-        try:
-            self._producer = KafkaProducer(
-                acks="all", linger_ms=5, max_block_ms=10_000, **extra, **client_options(config)
-            )
-        except KafkaError as exc:
-            raise BrokerUnavailable(
-                f"no Kafka broker answers at {config.bootstrap_servers}; start one "
-                "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
-            ) from exc
-        # (message, future or None when the send itself failed)
-        self._pending: list[tuple[tuple[str, bytes, bytes | None, list[Any]], Any]] = []
-
-    def send(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
-        """Queue one message; its delivery is checked on :meth:`flush`."""
-        message = (topic, value, key, list(headers))
-        self._pending.append((message, self._send(message)))
-
-    def _send(self, message: tuple[str, bytes, bytes | None, list[Any]]) -> Any:
-        topic, value, key, headers = message
-        try:
-            return self._producer.send(topic, value=value, key=key, headers=headers)
-        except KafkaError as exc:  # no metadata in max_block_ms: the broker is away
-            log.debug("send to %s failed (%s); kept for the next flush", topic, exc)
-            return None
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait until every queued message is acknowledged; failed ones are sent again.
-
-        Raises:
-            SinkUnavailable: some messages are still not acknowledged; they stay queued.
-        """
-        if not self._pending:
-            return
-        pending = [(msg, fut if fut is not None else self._send(msg)) for msg, fut in self._pending]
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaError as exc:
-            log.debug("producer flush: %s", exc)
-        failed = []
-        error: BaseException | None = None
-        for msg, fut in pending:
-            if fut is None or not fut.is_done:
-                failed.append((msg, None if fut is None or fut.is_done else fut))
-                continue
-            if fut.failed():
-                error = fut.exception
-                failed.append((msg, None))
-        self._pending = failed
-        if failed:
-            raise SinkUnavailable(
-                f"{len(failed)} messages not acknowledged within {timeout_s:.0f} s"
-                + (f" ({type(error).__name__}: {error})" if error is not None else "")
-                + "; they stay queued and are sent again on the next flush"
-            )
-
-    @property
-    def pending(self) -> int:
-        """Messages not acknowledged yet."""
-        return len(self._pending)
-
-    def close(self) -> None:
-        """Flush and close the producer."""
-        try:
-            self.flush()
-        finally:
-            self._producer.close()

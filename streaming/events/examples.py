@@ -13,7 +13,7 @@ correction text                 pairwise, the correction preferred over the repl
 from __future__ import annotations
 
 from learner.base import Example
-from streaming.events import FeedbackEvent
+from streaming.events.decode import FeedbackEvent
 
 
 def to_example(event: FeedbackEvent) -> Example:

@@ -1,7 +1,8 @@
 """``feedstep replay``: the real pipeline over recorded feedback, as a dry run, with a report.
 
 "What would have happened with this config last week?" A replay runs the same
-:class:`~streaming.pipeline.Pipeline`, learner, monitors and :class:`~streaming.governance.Governor`
+:class:`~streaming.runtime.pipeline.Pipeline`, learner, monitors and
+:class:`~streaming.promotion.governor.Governor`
 as ``feedstep run`` over a file or a fixed topic range, with publishing off: nothing goes to the
 model store, the model-updates topic or the dead-letter topic, no checkpoint is written and no
 offset is committed. Promotions still rebase the candidate in memory, so what follows a
@@ -27,10 +28,10 @@ from monitors.decision import GateDecision, RollbackDecision
 from streaming.base import Sink, Source
 from streaming.config import FeedstepConfig
 from streaming.errors import FeedstepError
-from streaming.files import JsonlFileSource
-from streaming.governance import Governor
-from streaming.pipeline import Pipeline, RunSummary
-from streaming.recording import RecordingFileSource, count_records, file_format
+from streaming.promotion.governor import Governor
+from streaming.runtime.pipeline import Pipeline, RunSummary
+from streaming.sources.files import JsonlFileSource
+from streaming.sources.recording import RecordingFileSource, count_records, file_format
 
 __all__ = [
     "REPORT_FORMAT",
@@ -63,7 +64,7 @@ def open_replay_source(
     to_time_ms: int | None = None,
     partitions: Sequence[int] | None = None,
 ) -> ReplaySource:
-    """Open ``kafka:TOPIC`` (a :class:`~streaming.topicrange.TopicRangeSource`) or a file.
+    """Open ``kafka:TOPIC`` (a :class:`~streaming.kafka.topicrange.TopicRangeSource`) or a file.
 
     A file is a recording written by ``feedstep record`` or a plain events file (one event JSON
     per line); the first non-blank line tells which. Range options only apply to topics.
@@ -72,7 +73,7 @@ def open_replay_source(
         topic = spec[len(KAFKA_PREFIX) :]
         if not topic:
             raise FeedstepError("SOURCE 'kafka:' names no topic; pass kafka:TOPIC or a file")
-        from streaming.topicrange import TopicRangeSource
+        from streaming.kafka.topicrange import TopicRangeSource
 
         source = TopicRangeSource(
             config,

@@ -1,7 +1,7 @@
 """A seeded generator of malformed feedback payloads, every one invalid by design.
 
 Each :class:`FuzzCase` carries the raw Kafka value (bytes, or ``None`` for a tombstone), the
-family it comes from and the reasons :func:`~streaming.events.decode_event` may give for it.
+family it comes from and the reasons :func:`~streaming.events.decode.decode_event` may give for it.
 The families cover what a broken or hostile producer sends: bytes that are not JSON, JSON cut
 short, text in the wrong encoding (UTF-16/32, latin-1, a BOM, invalid UTF-8 sequences), JSON
 that is not an object, nesting 10^4 to 10^5 levels deep, fields bigger than

@@ -26,7 +26,7 @@ from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import FeedstepConfig
 from streaming.errors import BrokerUnavailable, FeedstepError, SourceError
-from streaming.kafka import client_options, to_record
+from streaming.kafka.source import client_options, to_record
 
 log = logging.getLogger(__name__)
 

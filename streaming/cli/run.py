@@ -1,0 +1,110 @@
+"""``feedstep run``: the sidecar against Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from streaming.cli.wiring import (
+    build_governor,
+    build_learner,
+    install_signals,
+    pipeline_settings,
+    serve_metrics,
+    starting_model,
+    summary_line,
+)
+
+log = logging.getLogger("feedstep")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The sidecar against Kafka."""
+    from monitors.metrics import Metrics
+    from monitors.server import HealthState
+    from streaming.config import load_config
+    from streaming.kafka import KafkaSink, KafkaSource
+    from streaming.runtime.pipeline import Pipeline
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "bootstrap_servers",
+            "topic",
+            "group_id",
+            "model",
+            "batch_size",
+            "max_wait_ms",
+            "metrics_port",
+            "stop_after_events",
+            "stop_when_idle_s",
+            "device",
+            "lr",
+            "seed",
+            "store",
+        )
+    }
+    config = load_config(args.config, overrides)
+    model_name, live_version = starting_model(config)  # a broken store fails before any I/O
+    metrics, health = Metrics(), HealthState()
+    health.set_ready(False, "loading model")
+    server = serve_metrics(metrics, health, config.metrics_port, config.metrics_host)
+    try:
+        learner = build_learner(config, model_name)
+        metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
+        metrics.parameters.labels(kind="total").set(learner.total_parameters)
+        metrics.model_info.info(
+            {
+                "model": config.model if live_version is None else "store",
+                "version": "" if live_version is None else str(live_version),
+                "objective": config.objective,
+                "device": str(learner.device),
+            }
+        )
+        health.set_ready(False, "connecting to Kafka")
+        source = KafkaSource(config)
+        sink = KafkaSink(config)
+        log.info(
+            "consuming %s as group %s from %s; rejects go to %s",
+            config.topic,
+            config.group_id,
+            config.bootstrap_servers,
+            config.dlq_topic,
+        )
+        governor = build_governor(config, learner, sink, metrics)
+        checkpoints = None
+        if config.checkpoint_every_steps > 0:
+            from learner.checkpoint import CheckpointManager
+
+            directory = config.checkpoint_dir or str(Path(config.store) / "checkpoints")
+            checkpoints = CheckpointManager(directory, keep=config.checkpoint_keep)
+        pipeline = Pipeline(
+            source,
+            sink,
+            learner,
+            metrics,
+            pipeline_settings(config),
+            health,
+            governor=governor,
+            checkpoints=checkpoints,
+        )
+        pipeline.restore()
+        install_signals(pipeline)
+        try:
+            summary = pipeline.run()
+        finally:
+            sink.close()
+            source.close()
+        print(summary_line(summary))
+    finally:
+        server.stop()
+    if summary.commit_pending:
+        print(
+            "feedstep: error: offsets could not be committed before exit (broker unreachable); "
+            "the last checkpoint covers them, restart with the same --store",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
