@@ -56,13 +56,14 @@ from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
-from streaming.errors import FeedstepError, PipelineError
+from streaming.errors import PipelineError
 from streaming.events import DecodeLimits, Rejection, decode_event, to_example
 from streaming.ingest.batcher import MicroBatcher
 from streaming.ingest.deadletter import send_to_dead_letter
 from streaming.ingest.dedup import Deduplicator
 from streaming.ingest.offsets import Ledger, Segment, id_hash
 from streaming.promotion.governor import Governor, features_of
+from streaming.runtime.commits import Committer, fmt_offsets
 from streaming.runtime.telemetry import RunSummary, Telemetry
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,18 @@ class Pipeline:
         self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
         # queued for tokenizing + being tokenized + queued for training + being trained
         self._max_in_flight = 2 * s.queue_batches + 2
-        self._dlq_dirty = False
+        self.commits = Committer(
+            source,
+            dead_letters,
+            metrics,
+            s.commit_backoff_s,
+            s.commit_backoff_max_s,
+            on_change=self._set_ready,
+            on_done=self.summary.final_offsets.update,
+        )
         self._uncheckpointed = False
         self._steps_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
-        self._commit_due: dict[TopicPartition, int] | None = None
-        self._committing: dict[TopicPartition, int] | None = None  # sent, answer not read yet
-        self._commit_retry_at = 0.0
-        self._commit_backoff = s.commit_backoff_s
         self._paused = False
         self._switched = False
         self._checkpointing = False
@@ -267,8 +272,8 @@ class Pipeline:
                     self._dispatch_or_hold(due)
                 self._apply_idle()
                 self._maybe_checkpoint(now)
-                self._check_commit()
-                self._retry_commit(now)
+                self.commits.check()
+                self.commits.retry(now)
                 self.telemetry.publish()
                 if now - last_log >= s.log_every_s:
                     last_log = now
@@ -374,7 +379,7 @@ class Pipeline:
         send_to_dead_letter(
             self.dead_letters, self.settings.dead_letter_topic, record, reason, rejection.detail
         )
-        self._dlq_dirty = True
+        self.commits.dead_lettered()
         self.summary.rejected += 1
         self.metrics.events.labels(outcome="rejected").inc()
         self.metrics.dead_letter.labels(reason=reason).inc()
@@ -578,7 +583,7 @@ class Pipeline:
         self._applied.update(segment.end)
         self._unapplied_ids.difference_update(segment.event_ids)
         if self.checkpoints is None:
-            self._commit(self._applied)
+            self.commits.commit(self._applied)
         else:
             self._uncheckpointed = True
 
@@ -637,12 +642,12 @@ class Pipeline:
 
         The commit is sent without waiting for the broker's answer unless ``wait`` (revokes and
         shutdown wait): the checkpoint is already durable, so the pipeline goes on, and the
-        answer is read on a later loop (:meth:`_check_commit`), a failure retried as usual.
+        answer is read on a later loop (:meth:`Committer.check`), a failure retried as usual.
         """
         assert self.checkpoints is not None
         if not self._uncheckpointed:
             if wait:
-                self._check_commit(block=True)
+                self.commits.check(block=True)
             return True
         if self._checkpointing:
             return False
@@ -677,80 +682,8 @@ class Pipeline:
         self._last_checkpoint = time.monotonic()
         self.summary.checkpoints += 1
         self.metrics.checkpoints.inc()
-        self._commit(offsets, wait=wait)
+        self.commits.commit(offsets, wait=wait)
         return True
-
-    def _commit(
-        self, offsets: dict[TopicPartition, int], force: bool = False, wait: bool = True
-    ) -> bool:
-        """Flush the dead letters, then commit ``offsets``; on failure retry later, backing off.
-
-        With ``wait`` False the commit is only sent (``Source.commit_nowait``); its outcome is
-        accounted for by :meth:`_check_commit`.
-        """
-        if not offsets:
-            return True
-        if self._commit_due is not None and not force:
-            self._commit_due = dict(offsets)  # the retry commits the newest offsets
-            return False
-        try:
-            if self._dlq_dirty:
-                self.dead_letters.flush(timeout_s=10.0)  # rejects are durable first
-                self._dlq_dirty = False
-            self._committing = None  # superseded: both calls settle (or raise) the one still out
-            if wait:
-                self.source.commit(offsets)
-            else:
-                self.source.commit_nowait(offsets)
-                self._committing = dict(offsets)
-                return True
-        except FeedstepError as exc:
-            return self._commit_failed(offsets, exc)
-        self._commit_done(offsets)
-        return True
-
-    def _check_commit(self, block: bool = False) -> None:
-        """Account for the outcome of a commit sent without waiting, once it is known."""
-        if self._committing is None:
-            return
-        try:
-            if not self.source.commit_result(wait=block):
-                return  # still under way
-        except FeedstepError as exc:
-            offsets, self._committing = self._committing, None
-            if self._commit_due is None:  # a newer due commit supersedes it
-                self._commit_failed(offsets, exc)
-            return
-        offsets, self._committing = self._committing, None
-        self._commit_done(offsets)
-
-    def _commit_failed(self, offsets: dict[TopicPartition, int], exc: FeedstepError) -> bool:
-        """Count a failed commit and schedule its retry (a refused one is not retried)."""
-        if not exc.retriable:
-            log.warning("commit of %s refused (%s); not retried", _fmt(offsets), exc)
-            self._commit_due = None
-            return False
-        self.metrics.commit_failures.inc()
-        self._commit_due = dict(offsets)
-        self._commit_retry_at = time.monotonic() + self._commit_backoff
-        log.warning(
-            "commit failed (%s); retrying in %.1f s, the loop keeps running",
-            exc,
-            self._commit_backoff,
-        )
-        self._commit_backoff = min(self._commit_backoff * 2, self.settings.commit_backoff_max_s)
-        self._set_ready()
-        return False
-
-    def _commit_done(self, offsets: dict[TopicPartition, int]) -> None:
-        self._commit_due = None
-        self._commit_backoff = self.settings.commit_backoff_s
-        self.summary.final_offsets.update(offsets)
-        self._set_ready()
-
-    def _retry_commit(self, now: float) -> None:
-        if self._commit_due is not None and now >= self._commit_retry_at:
-            self._commit(self._commit_due, force=True)
 
     # -- connection, readiness ----------------------------------------------------------------
     def _check_connection(self) -> None:
@@ -771,7 +704,7 @@ class Pipeline:
         self.metrics.broker_connected.set(1 if self._connected else 0)
         if not self._connected:
             self.health.set_ready(False, "broker unreachable")
-        elif self._commit_due is not None:
+        elif self.commits.due is not None:
             self.health.set_ready(False, "offset commits failing; retrying")
         else:
             self.health.set_ready(True)
@@ -799,19 +732,17 @@ class Pipeline:
         if self.checkpoints is not None:
             self._checkpoint(wait=True)
         else:
-            self._commit(self._applied, force=True)
-        if self._commit_due is not None:
+            self.commits.commit(self._applied, force=True)
+        if self.commits.due is not None:
             log.error(
                 "could not commit %s before the rebalance; the checkpoint covers them and the "
                 "next owner may read some events again",
-                _fmt(self._commit_due),
+                fmt_offsets(self.commits.due),
             )
         self._owned_before = set(self._applied)  # read and applied here: our window has them
         for tp in revoked:
             self._applied.pop(tp, None)
-        if self._commit_due is not None:
-            self._commit_due = {tp: o for tp, o in self._commit_due.items() if tp not in revoked}
-            self._commit_due = self._commit_due or None
+        self.commits.forget(revoked)
         self._uncheckpointed = self.checkpoints is not None  # the next checkpoint drops them
 
     def _on_assign(self, assigned: list[TopicPartition]) -> None:
@@ -840,19 +771,15 @@ class Pipeline:
             deadline = self._deadline() or time.monotonic() + self.settings.shutdown_timeout_s
             if self.checkpoints is not None:
                 self._checkpoint(wait=True)
-            elif self._commit_due is not None:
-                self._commit(self._commit_due, force=True)
-            backoff = self.settings.commit_backoff_s
-            while self._commit_due is not None and time.monotonic() + backoff < deadline:
-                time.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.commit_backoff_max_s)
-                self._commit(self._commit_due, force=True)
-            if self._commit_due is not None:
+            elif self.commits.due is not None:
+                self.commits.commit(self.commits.due, force=True)
+            self.commits.retry_until(deadline)
+            if self.commits.due is not None:
                 self.summary.commit_pending = True
                 log.error(
                     "offsets %s are not committed (broker unreachable); the checkpoint covers "
                     "them, so a restart with the same checkpoint directory loses nothing",
-                    _fmt(self._commit_due),
+                    fmt_offsets(self.commits.due),
                 )
         finally:
             self._stop_stages()
@@ -971,7 +898,3 @@ def _event_id(value: bytes | None) -> str | None:
         return None
     event_id = obj.get("event_id") if isinstance(obj, dict) else None
     return event_id if isinstance(event_id, str) and event_id else None
-
-
-def _fmt(offsets: dict[TopicPartition, int]) -> str:
-    return ", ".join(f"{t}:{p}@{o}" for (t, p), o in sorted(offsets.items()))

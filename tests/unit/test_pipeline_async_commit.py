@@ -123,7 +123,7 @@ def test_commits_are_answered_later_and_every_one_is_accounted_for():
     sent = [e[1] for e in source.events if e[0] == "sent"]
     answered = [e[1] for e in source.events if e[0] == "answered"]
     assert answered == sent  # each commit's answer was read, in order
-    assert source.pending is None and pipe._committing is None
+    assert source.pending is None and pipe.commits.sent is None
     assert _failures(metrics) == 0
     assert pipe.ledger.violations == [] and pipe.ledger.trained == 600
 
@@ -135,7 +135,7 @@ def test_a_commit_that_fails_late_is_counted_and_retried():
     assert ("sync",) in source.events  # the retry (or the final commit) waited for its answer
     assert source.committed() == source.end_offsets()
     assert pipe.summary.final_offsets == source.end_offsets()
-    assert pipe._commit_due is None
+    assert pipe.commits.due is None
 
 
 def test_a_refused_commit_is_not_retried_and_later_ones_go_on(caplog):
