@@ -36,7 +36,6 @@ capped exponential backoff while the loop keeps polling, and ``/readyz`` says no
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import json
@@ -49,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from learner.base import Example, Objective, TensorBatch
+from learner.base import Example, Objective
 from learner.checkpoint import CheckpointManager
 from learner.step import Learner, StepResult
 from monitors.metrics import Metrics
@@ -64,6 +63,7 @@ from streaming.ingest.dedup import Deduplicator
 from streaming.ingest.offsets import Ledger, Segment, id_hash
 from streaming.promotion.governor import Governor, features_of
 from streaming.runtime.commits import Committer, fmt_offsets
+from streaming.runtime.stages import Abandoned, Batch, Stages
 from streaming.runtime.telemetry import RunSummary, Telemetry
 
 log = logging.getLogger(__name__)
@@ -92,22 +92,6 @@ class PipelineSettings:
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
     gc_freeze: bool = True
-
-
-class _Abandoned:
-    """The result of a batch that was given up at a shutdown deadline (no step was made)."""
-
-
-_ABANDONED = _Abandoned()
-
-
-@dataclass(slots=True)
-class _Batch:
-    examples: list[Example]
-    ts: list[float]
-    features: list[Any]
-    segment: Segment
-    tensors: TensorBatch | None = None
 
 
 class Pipeline:
@@ -154,14 +138,8 @@ class Pipeline:
         self._segment = Segment()  # read since the last batch closed
         self._applied: dict[TopicPartition, int] = {}  # what the model state accounts for
         self._unapplied_ids: set[str] = set()  # in the dedup window, not yet applied
-        self._ready: deque[_Batch] = deque()  # closed batches waiting for queue room
-        self._tok_q: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
-        self._inbox: queue.Queue[list[_Batch] | None] = queue.Queue(maxsize=s.queue_batches)
-        # Unbounded (the in-flight bound limits it); a SimpleQueue is cheap to put to and to
-        # look into, which the ingest stage does many times per step.
-        self._outbox: queue.SimpleQueue[tuple[_Batch, StepResult | BaseException | _Abandoned]] = (
-            queue.SimpleQueue()
-        )
+        self._ready: deque[Batch] = deque()  # closed batches waiting for queue room
+        self.stages = Stages(learner, self.learner_lock, s.queue_batches)
         self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
         # queued for tokenizing + being tokenized + queued for training + being trained
         self._max_in_flight = 2 * s.queue_batches + 2
@@ -180,8 +158,6 @@ class Pipeline:
         self._paused = False
         self._switched = False
         self._checkpointing = False
-        self._may_step = threading.Event()
-        self._may_step.set()
         self._started = time.monotonic()
         self._was_disconnected = False
         self._owned_before: set[TopicPartition] = set()  # partitions held before a rebalance
@@ -190,13 +166,6 @@ class Pipeline:
         self._connected = True
         self._stop = threading.Event()
         self._stop_at: float | None = None
-        self._abandon = threading.Event()
-        self._tokenizer = threading.Thread(
-            target=self._tokenize_loop, name="feedstep-tokenize", daemon=True
-        )
-        self._trainer = threading.Thread(
-            target=self._train_loop, name="feedstep-train", daemon=True
-        )
         source.set_rebalance_hooks(self._on_revoke, self._on_assign)
 
     # -- public -------------------------------------------------------------------------------
@@ -235,8 +204,7 @@ class Pipeline:
             # lives as long as the run; frozen, a full collection no longer walks it (measured:
             # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
             gc.freeze()
-        self._tokenizer.start()
-        self._trainer.start()
+        self.stages.start()
         self._set_ready()
         failed = False
         try:
@@ -286,7 +254,7 @@ class Pipeline:
         finally:
             try:
                 if failed:
-                    self._stop_stages()  # checkpoint and commit nothing more
+                    self.stages.stop(s.shutdown_timeout_s)  # checkpoint and commit nothing more
                 else:
                     self._shutdown()
             finally:
@@ -424,7 +392,7 @@ class Pipeline:
     def _dispatch(self, items: list[tuple[Example, float, Any]], pump: bool = True) -> None:
         segment, self._segment = self._segment, Segment()
         self._ready.append(
-            _Batch(
+            Batch(
                 examples=[e for e, _, _ in items],
                 ts=[t for _, t, _ in items],
                 features=[f for _, _, f in items],
@@ -455,14 +423,14 @@ class Pipeline:
                     continue
             group = list(itertools.islice(self._ready, self._max_in_flight - self._in_flight))
             try:
-                self._tok_q.put_nowait(group)
+                self.stages.tokenize_q.put_nowait(group)
             except queue.Full:
                 left = until - time.monotonic()
                 if not block and left <= 0:
                     return
                 try:
                     timeout = 0.1 if block else max(0.001, min(left, 0.1))
-                    self._tok_q.put(group, timeout=timeout)
+                    self.stages.tokenize_q.put(group, timeout=timeout)
                 except queue.Full:
                     if block:
                         self.health.beat()
@@ -499,17 +467,19 @@ class Pipeline:
         """Past the stop deadline: batches not started are given up (never while draining)."""
         deadline = self._deadline()
         if deadline is not None and time.monotonic() > deadline:
-            if not self._abandon.is_set():
+            if not self.stages.abandon.is_set():
                 log.warning("shutdown deadline reached: giving up batches not started")
-            self._abandon.set()
+            self.stages.abandon.set()
 
     def _collect(self, block: bool) -> None:
         while self._in_flight:
-            if not block and self._outbox.empty():
+            if not block and self.stages.results.empty():
                 return
             try:
                 batch, result = (
-                    self._outbox.get(timeout=0.2) if block else self._outbox.get_nowait()
+                    self.stages.results.get(timeout=0.2)
+                    if block
+                    else self.stages.results.get_nowait()
                 )
             except queue.Empty:
                 if not block:
@@ -524,7 +494,7 @@ class Pipeline:
                         "the step in flight did not finish within twice shutdown_timeout_s; "
                         "nothing more is checkpointed or committed"
                     ) from None
-                if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
+                if not self.stages.alive():
                     raise PipelineError("a pipeline stage died without a result") from None
                 continue
             self._handle(batch, result)
@@ -532,17 +502,17 @@ class Pipeline:
     def _collect_one(self, timeout: float) -> None:
         """Wait up to ``timeout`` for one result and handle it."""
         try:
-            batch, result = self._outbox.get(timeout=timeout)
+            batch, result = self.stages.results.get(timeout=timeout)
         except queue.Empty:
-            if not (self._trainer.is_alive() and self._tokenizer.is_alive()):
+            if not self.stages.alive():
                 raise PipelineError("a pipeline stage died without a result") from None
             return
         self._handle(batch, result)
 
-    def _handle(self, batch: _Batch, result: StepResult | BaseException | _Abandoned) -> None:
+    def _handle(self, batch: Batch, result: StepResult | BaseException | Abandoned) -> None:
         """Account for one finished batch: monitors, ledger, maybe a checkpoint."""
         self._in_flight -= 1
-        if isinstance(result, _Abandoned):
+        if isinstance(result, Abandoned):
             self._give_up(batch)
             return
         if isinstance(result, BaseException):
@@ -558,7 +528,7 @@ class Pipeline:
         ):
             self._switched = not self._checkpoint()
 
-    def _give_up(self, batch: _Batch) -> None:
+    def _give_up(self, batch: Batch) -> None:
         seg = batch.segment
         self.dedup.forget(seg.event_ids)
         self._unapplied_ids.difference_update(seg.event_ids)
@@ -652,12 +622,12 @@ class Pipeline:
         if self._checkpointing:
             return False
         self._checkpointing = True
-        self._may_step.clear()  # no new step starts until the checkpoint is written
+        self.stages.may_step.clear()  # no new step starts until the checkpoint is written
         saved = False
         try:
             for _ in range(4):
                 with self.learner_lock:
-                    if self._outbox.empty():
+                    if self.stages.results.empty():
                         offsets = dict(self._applied)
                         unapplied = self._unapplied_ids
                         extra = {
@@ -673,7 +643,7 @@ class Pipeline:
                         break
                 self._collect(block=False)  # the step that finished meanwhile
         finally:
-            self._may_step.set()
+            self.stages.may_step.set()
             self._checkpointing = False
         if not saved:
             return False
@@ -782,21 +752,7 @@ class Pipeline:
                     fmt_offsets(self.commits.due),
                 )
         finally:
-            self._stop_stages()
-
-    def _stop_stages(self) -> None:
-        # After a clean settle the queues are empty; after a failure a stage may have returned.
-        self._abandon.set()
-        self._may_step.set()
-        for q in (self._tok_q, self._inbox):
-            with contextlib.suppress(queue.Empty):
-                while True:  # batches never started: nothing collects them any more
-                    q.get_nowait()
-            with contextlib.suppress(queue.Full):
-                q.put_nowait(None)
-        for thread in (self._tokenizer, self._trainer):
-            if thread.is_alive():
-                thread.join(timeout=self.settings.shutdown_timeout_s)
+            self.stages.stop(self.settings.shutdown_timeout_s)
 
     def _should_stop(self, idle_s: float) -> bool:
         s = self.settings
@@ -806,66 +762,7 @@ class Pipeline:
             return True
         return s.stop_when_idle_s is not None and idle_s >= s.stop_when_idle_s
 
-    # -- tokenize and train stages ------------------------------------------------------------
-    def _tokenize_loop(self) -> None:
-        while True:
-            group = self._tok_q.get()
-            if group is None:
-                with contextlib.suppress(queue.Full):
-                    self._inbox.put_nowait(None)
-                return
-            collated: list[_Batch] = []
-            failed: tuple[_Batch, BaseException] | None = None
-            for batch in group:
-                if self._abandon.is_set():
-                    self._outbox.put((batch, _ABANDONED))
-                    continue
-                try:
-                    batch.tensors = self.learner.objective.collate(batch.examples).pin()
-                except BaseException as exc:  # handed to the ingest stage, which raises it
-                    failed = (batch, exc)
-                    break
-                collated.append(batch)
-            if collated:
-                self._hand_to_trainer(collated)
-            if failed is not None:
-                self._outbox.put(failed)
-                return
-
-    def _hand_to_trainer(self, group: list[_Batch]) -> None:
-        while True:
-            try:
-                self._inbox.put(group, timeout=0.2)
-                return
-            except queue.Full:
-                if self._abandon.is_set() and not self._trainer.is_alive():
-                    for batch in group:
-                        self._outbox.put((batch, _ABANDONED))
-                    return
-
-    def _train_loop(self) -> None:
-        while True:
-            group = self._inbox.get()
-            if group is None:
-                return
-            for batch in group:
-                if self._abandon.is_set():
-                    self._outbox.put((batch, _ABANDONED))
-                    continue
-                self._may_step.wait()  # held while a checkpoint is being written
-                try:
-                    assert batch.tensors is not None
-                    with self.learner_lock:
-                        result: StepResult | BaseException = self.learner.step(batch.tensors)
-                        # Handed over under the lock: a checkpoint never sees weights whose step
-                        # the ingest stage has not accounted for.
-                        self._outbox.put((batch, result))
-                except BaseException as exc:  # handed to the ingest stage, which raises it
-                    self._outbox.put((batch, exc))
-                    return
-
-
-    def _after_step(self, batch: _Batch, result: StepResult) -> None:
+    def _after_step(self, batch: Batch, result: StepResult) -> None:
         """Account for a finished step: telemetry, the governor, ``on_progress``."""
         self.telemetry.account(result, batch.ts)
         if self.governor is not None:

@@ -64,7 +64,7 @@ def _pipeline(events: int, learner: _RecordingLearner) -> tuple[Pipeline, Memory
     source = MemorySource(values)
     settings = PipelineSettings(batch_size=2, queue_batches=1, max_wait_ms=0)
     pipe = Pipeline(source, MemorySink(), learner, Metrics(), settings)  # type: ignore[arg-type]
-    pipe._tok_q = _SizesQueue(maxsize=1)
+    pipe.stages.tokenize_q = _SizesQueue(maxsize=1)
     return pipe, source
 
 
@@ -73,8 +73,8 @@ def test_batches_handed_over_together_are_each_stepped_once_in_order():
     pipe, source = _pipeline(400, learner)
     summary = pipe.run()
     assert summary.steps == learner.steps == 200 and summary.trained_examples == 400
-    assert max(pipe._tok_q.sizes) > 1  # the test covers handoffs of several batches
-    assert sum(pipe._tok_q.sizes) == 200
+    assert max(pipe.stages.tokenize_q.sizes) > 1  # the test covers handoffs of several batches
+    assert sum(pipe.stages.tokenize_q.sizes) == 200
     polled = MemorySource(list(SimulatedFeedback(seed=5).payloads(400))).poll(0.0, 1000)
     expected = [to_example(decode_event(r.value)) for r in polled]  # type: ignore[arg-type]
     assert learner.trained == expected
