@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from dataclasses import dataclass
 from typing import Any
 
-from learner.base import Example, TensorBatch
 from learner.step import StepResult
-from streaming.ingest.offsets import Segment
+from streaming.ingest.ingestor import Batch
 
 
 class Abandoned:
@@ -27,17 +25,6 @@ class Abandoned:
 
 
 ABANDONED = Abandoned()
-
-
-@dataclass(slots=True)
-class Batch:
-    """A closed micro-batch: its examples, event times, gate features and segment."""
-
-    examples: list[Example]
-    ts: list[float]
-    features: list[Any]
-    segment: Segment
-    tensors: TensorBatch | None = None
 
 
 Result = StepResult | BaseException | Abandoned

@@ -1,0 +1,254 @@
+"""Records in, micro-batches out: decode, dead-letter, de-duplicate, map to examples, batch.
+
+The :class:`Ingestor` owns everything between a poll's records and a closed micro-batch: the
+decoder's verdict (a rejection goes to the dead-letter topic with its reason), the
+de-duplication window, the objective's own check of an example, the batcher, and the open
+**segment** — the records read since the previous batch closed (its events plus the rejects
+and duplicates in between), which a batch carries so that its offsets are applied only once its
+step is done (:mod:`streaming.ingest.offsets`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from learner.base import Example, Objective, TensorBatch
+from monitors.metrics import Metrics
+from streaming.base import Record, Sink, TopicPartition
+from streaming.events import DecodeLimits, Rejection, RejectReason, decode_event, to_example
+from streaming.ingest.batcher import MicroBatcher
+from streaming.ingest.deadletter import send_to_dead_letter
+from streaming.ingest.dedup import Deduplicator
+from streaming.ingest.offsets import Segment, id_hash
+
+log = logging.getLogger("streaming.runtime.pipeline")
+
+Item = tuple[Example, float, Any]
+"""One accepted event in the batcher: its example, event time (epoch s), gate features."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """A closed micro-batch: its examples, event times, gate features and segment."""
+
+    examples: list[Example]
+    ts: list[float]
+    features: list[Any]
+    segment: Segment
+    tensors: TensorBatch | None = None
+
+
+class Ingestor:
+    """Turns polled records into closed micro-batches; counts every record once.
+
+    Args:
+        objective: Its ``check`` refuses examples it cannot train on; its ``min_batch_size``
+            holds a batch back until it is big enough.
+        summary: Run totals (``consumed``, ``accepted``, ``rejected``, ``duplicates``,
+            ``given_up``) are counted into it.
+        metrics: Event outcomes, dead-letter reasons, truncated fields.
+        dead_letters: Where rejects go, with their reason.
+        dead_letter_topic: Their topic.
+        batch_size, max_wait_ms, dedup_window, limits: As in the pipeline settings.
+        features: Computes the governor's input-drift features of an event, or None.
+        on_dead_letter: Called after each dead letter is queued (the next commit flushes them).
+        on_give_up: Called with where each partition of a given-up open segment starts: the
+            source must read it again from there.
+
+    Example:
+        >>> from monitors.metrics import Metrics
+        >>> from streaming.runtime.telemetry import RunSummary
+        >>> from streaming.testing import MemorySink, MemorySource, NullObjective
+        >>> from streaming.testing.simulate import SimulatedFeedback
+        >>> ingestor = Ingestor(NullObjective(), RunSummary(), Metrics(), MemorySink(), "dlq",
+        ...                     batch_size=2, max_wait_ms=1000)
+        >>> records = MemorySource(list(SimulatedFeedback(seed=0).payloads(5)) + [b"{"]).poll(0)
+        >>> [len(b.examples) for b in ingestor.ingest(records)], ingestor.summary.rejected
+        ([2, 2], 1)
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        summary: Any,
+        metrics: Metrics,
+        dead_letters: Sink,
+        dead_letter_topic: str,
+        batch_size: int,
+        max_wait_ms: float,
+        dedup_window: int = 100_000,
+        limits: DecodeLimits | None = None,
+        features: Callable[[str, str, str], Any] | None = None,
+        on_dead_letter: Callable[[], None] = lambda: None,
+        on_give_up: Callable[[dict[TopicPartition, int]], None] = lambda starts: None,
+    ) -> None:
+        self.objective = objective
+        self.summary = summary
+        self.metrics = metrics
+        self.dead_letters = dead_letters
+        self.dead_letter_topic = dead_letter_topic
+        self.limits = limits or DecodeLimits()
+        self.features = features
+        self.on_dead_letter = on_dead_letter
+        self.on_give_up = on_give_up
+        self.batcher: MicroBatcher[Item] = MicroBatcher(batch_size, max_wait_ms)
+        self.dedup = Deduplicator(dedup_window)
+        self.segment = Segment()  # read since the last batch closed
+        self.unapplied: set[str] = set()  # in the dedup window, not yet applied
+
+    def ingest(self, records: list[Record]) -> list[Batch]:
+        """Decode, validate, de-duplicate and batch the records of one poll.
+
+        Returns the batches that closed. Accepted and duplicate events are added to their
+        metrics once per poll, with the same totals as counting each event.
+        """
+        summary, dedup, batcher = self.summary, self.dedup, self.batcher
+        objective = self.objective
+        # Objective.check is a no-op unless an objective overrides it: then it is not called.
+        check = None if type(objective).check is Objective.check else objective.check
+        truncated = self.metrics.truncated
+        closed: list[Batch] = []
+        accepted = duplicates = 0
+        first = 0  # records[first:] are not in a segment yet
+        try:
+            for i, record in enumerate(records):
+                summary.consumed += 1
+                event = decode_event(record.value, self.limits)
+                if isinstance(event, Rejection):
+                    self._reject(record, event)
+                    continue
+                event_id = event.event_id
+                for name in event.truncated_fields:
+                    truncated.labels(field=name).inc()
+                if dedup.check_and_add(event_id):
+                    summary.duplicates += 1
+                    self.segment.duplicates += 1
+                    duplicates += 1
+                    continue
+                try:
+                    example = to_example(event)
+                    if check is not None:
+                        check(example)
+                except ValueError as exc:  # a valid event the objective cannot use
+                    dedup.forget((event_id,))
+                    self._reject(record, _unusable(str(exc)))
+                    continue
+                summary.accepted += 1
+                segment = self.segment
+                segment.event_ids.append(event_id)
+                segment.digest += id_hash(event_id)
+                self.unapplied.add(event_id)
+                accepted += 1
+                features = (
+                    self.features(event.prompt, event.response, event.feedback.type)
+                    if self.features is not None
+                    else None
+                )
+                full = batcher.add((example, event.ts_epoch_s, features))
+                if full:
+                    self.segment.read_all(records[first : i + 1])
+                    first = i + 1
+                    closed.append(self._close(full))
+            if first < len(records):
+                self.segment.read_all(records[first:])
+        finally:
+            if accepted:
+                self.metrics.events.labels(outcome="accepted").inc(accepted)
+            if duplicates:
+                self.metrics.events.labels(outcome="duplicate").inc(duplicates)
+        return closed
+
+    def time_left_s(self) -> float | None:
+        """Seconds until the open batch is due by ``max_wait_ms`` (None: nothing open)."""
+        return self.batcher.time_left_s()
+
+    def due(self, final: bool = False) -> Batch | None:
+        """The open batch if it is due (or, with ``final``, whatever is open), else None.
+
+        A batch smaller than the objective allows waits for more events; with ``final`` (the
+        run ends, the partitions are revoked) it is given up instead (:meth:`give_up_open`).
+        """
+        items = self.batcher.flush() if final else self.batcher.due()
+        if not items:
+            return None
+        need = self.objective.min_batch_size
+        if len(items) >= need:
+            return self._close(items)
+        if final:
+            log.warning(
+                "%d events left untrained (%s needs batches of >= %d); their offsets are not "
+                "committed and they will be read again",
+                len(items),
+                self.objective.name,
+                need,
+            )
+            self.give_up_open()
+        else:
+            for item in items:
+                self.batcher.add(item)
+        return None
+
+    def idle_segment(self) -> Segment | None:
+        """The open segment when it holds only rejects and duplicates (nothing to train)."""
+        if self.batcher.pending or self.segment.empty:
+            return None
+        segment, self.segment = self.segment, Segment()
+        return segment
+
+    def give_up_open(self) -> None:
+        """Drop the open segment: its events are forgotten and will be read again."""
+        segment, self.segment = self.segment, Segment()
+        self.batcher.flush()
+        self.forget(segment)
+        if segment.start:
+            self.on_give_up(dict(segment.start))
+
+    def forget(self, segment: Segment) -> None:
+        """Events of a segment that will not be trained now: read again, not duplicates."""
+        self.dedup.forget(segment.event_ids)
+        self.unapplied.difference_update(segment.event_ids)
+        self.summary.given_up += len(segment.event_ids)
+
+    def applied(self, segment: Segment) -> None:
+        """A segment's step is done: its events are remembered by checkpoints from now on."""
+        self.unapplied.difference_update(segment.event_ids)
+
+    def snapshot(self) -> list[Any]:
+        """The de-duplication window of applied events, for a checkpoint."""
+        return self.dedup.snapshot_chunks(exclude=self.unapplied)
+
+    def restore(self, chunks: list[Any], window: int) -> None:
+        """The de-duplication window saved by :meth:`snapshot`."""
+        self.dedup = Deduplicator.restore(chunks, window)
+
+    def _close(self, items: list[Item]) -> Batch:
+        segment, self.segment = self.segment, Segment()
+        return Batch(
+            examples=[e for e, _, _ in items],
+            ts=[t for _, t, _ in items],
+            features=[f for _, _, f in items],
+            segment=segment,
+        )
+
+    def _reject(self, record: Record, rejection: Rejection) -> None:
+        reason = str(rejection.reason.value)
+        send_to_dead_letter(
+            self.dead_letters, self.dead_letter_topic, record, reason, rejection.detail
+        )
+        self.on_dead_letter()
+        self.segment.rejected += 1
+        self.summary.rejected += 1
+        self.metrics.events.labels(outcome="rejected").inc()
+        self.metrics.dead_letter.labels(reason=reason).inc()
+        log.debug(
+            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+
+def _unusable(detail: str) -> Rejection:
+    return Rejection(
+        RejectReason.BAD_VALUE, f"event is valid but cannot train the objective: {detail}"
+    )
