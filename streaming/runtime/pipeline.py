@@ -37,12 +37,9 @@ capped exponential backoff while the loop keeps polling, and ``/readyz`` says no
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
-import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,7 +58,7 @@ from streaming.runtime.checkpoints import CheckpointTracker
 from streaming.runtime.commits import Committer, fmt_offsets
 from streaming.runtime.rebalance import RebalanceHandler
 from streaming.runtime.stages import Abandoned, Stages
-from streaming.runtime.telemetry import RunSummary, Telemetry
+from streaming.runtime.telemetry import Readiness, RunSummary, Telemetry
 
 __all__ = ["Pipeline", "PipelineSettings", "RunSummary"]
 
@@ -138,6 +135,9 @@ class Pipeline:
         # switches weights (holdout scoring, promotion, rollback).
         self.learner_lock = governor.lock if governor is not None else threading.Lock()
         self.telemetry = Telemetry(metrics, learner, source, s.prequential_window)
+        self.readiness = Readiness(
+            source, self.health, metrics, commits_failing=lambda: self.commits.due is not None
+        )
         self.summary = self.telemetry.summary
         self.commits = Committer(
             source,
@@ -145,7 +145,7 @@ class Pipeline:
             metrics,
             s.commit_backoff_s,
             s.commit_backoff_max_s,
-            on_change=self._set_ready,
+            on_change=self.readiness.update,
             on_done=self.summary.final_offsets.update,
         )
         self.ingestor = Ingestor(
@@ -162,7 +162,15 @@ class Pipeline:
             on_dead_letter=self.commits.dead_lettered,
             on_give_up=self._read_again,
         )
-        self.stages = Stages(learner, self.learner_lock, s.queue_batches)
+        self.stages = Stages(
+            learner,
+            self.learner_lock,
+            s.queue_batches,
+            handle=self._handle,
+            beat=self.health.beat,
+            deadline=self._deadline,
+            grace_s=s.shutdown_timeout_s,
+        )
         self.tracker = CheckpointTracker(
             checkpoints,
             learner,
@@ -177,7 +185,7 @@ class Pipeline:
             s.checkpoint_every_steps,
             s.checkpoint_every_s,
             s.dedup_window,
-            collect=lambda: self._collect(block=False),
+            collect=lambda: self.stages.collect(block=False),
         )
         self.rebalance = RebalanceHandler(
             source,
@@ -188,15 +196,7 @@ class Pipeline:
             running=lambda: self._running,
             prime_records=s.dedup_prime_records,
         )
-        self._ready: deque[Batch] = deque()  # closed batches waiting for queue room
-        self._in_flight = 0  # batches handed to the tokenize/train stages, not collected yet
-        # queued for tokenizing + being tokenized + queued for training + being trained
-        self._max_in_flight = 2 * s.queue_batches + 2
         self._paused = False
-        self._ready_since: float | None = None
-        self._started = time.monotonic()
-        self._was_disconnected = False
-        self._connected = True
         self._running = False
         self._stop = threading.Event()
         self._stop_at: float | None = None
@@ -232,7 +232,7 @@ class Pipeline:
     def run(self) -> RunSummary:
         """Run until a stop condition, then settle (step, checkpoint, commit) and return."""
         s = self.settings
-        started = last_data = last_log = self._started = time.monotonic()
+        started = last_data = last_log = time.monotonic()
         self._running = True
         if s.gc_freeze:
             # What is alive now (modules, model, config: ~10^5-10^6 objects with torch loaded)
@@ -240,27 +240,27 @@ class Pipeline:
             # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
             gc.freeze()
         self.stages.start()
-        self._set_ready()
+        self.readiness.start()
         failed = False
         try:
             while not self._stop.is_set():
                 self.health.beat()
-                self._collect(block=False)
-                if self._ready:  # training is behind: wait for queue room, not for records
-                    self._pump(wait_s=0.2)
+                self.stages.collect(block=False)
+                if self.stages.ready:  # training is behind: wait for queue room, not for records
+                    self.stages.pump(wait_s=0.2)
                 self._backpressure()
-                self._check_connection()
+                self.readiness.check_connection()
                 records = self._poll()
                 now = time.monotonic()
                 if records or self._busy() or not self.source.has_assignment():
                     last_data = now  # not idle while work is pending or the group is assigning
                 if records:
-                    self._ready.extend(self.ingestor.ingest(records))
+                    self.stages.ready.extend(self.ingestor.ingest(records))
                 due = self.ingestor.due()
                 if due is not None:
-                    self._ready.append(due)
-                if self._ready:  # the turn's closed batches go to the tokenize stage together
-                    self._pump()
+                    self.stages.ready.append(due)
+                if self.stages.ready:  # the turn's closed batches go to the tokenize stage together
+                    self.stages.pump()
                 self._apply_idle()
                 self.tracker.maybe(now)
                 self.commits.check()
@@ -297,7 +297,7 @@ class Pipeline:
         if self._paused:
             self.source.poll(0.0, max_records=1)  # keeps the membership; no records
             return []
-        if self._ready:
+        if self.stages.ready:
             return []
         timeout = self.settings.poll_timeout_s
         left = self.ingestor.time_left_s()
@@ -312,7 +312,7 @@ class Pipeline:
         return max(1, min(500, left - self.summary.consumed))
 
     def _busy(self) -> bool:
-        return bool(self._paused or self._ready or self._in_flight)
+        return bool(self._paused or self.stages.ready or self.stages.in_flight)
 
     def _read_again(self, starts: dict[TopicPartition, int]) -> None:
         """A given-up open segment: read its partitions again when we keep them."""
@@ -321,7 +321,7 @@ class Pipeline:
 
     def _apply_idle(self) -> None:
         """Apply a segment of rejects and duplicates once nothing is pending or in flight."""
-        if self._in_flight or self._ready:
+        if self.stages.in_flight or self.stages.ready:
             return
         segment = self.ingestor.idle_segment()
         if segment is not None:
@@ -335,47 +335,6 @@ class Pipeline:
             return True
         return s.stop_when_idle_s is not None and idle_s >= s.stop_when_idle_s
 
-    # -- stages: hand batches over, collect results ------------------------------------------
-    def _pump(self, wait_s: float = 0.0, block: bool = False) -> None:
-        """Move closed batches to the tokenize stage, waiting up to ``wait_s`` for room.
-
-        The batches waiting go in one handoff, as many as the in-flight bound allows. With
-        ``block`` it waits until all are queued, collecting results meanwhile.
-        """
-        until = time.monotonic() + wait_s
-        while self._ready:
-            if self._in_flight >= self._max_in_flight:  # bounds results waiting to be handled
-                self._collect(block=False)
-                if self._in_flight >= self._max_in_flight:
-                    left = until - time.monotonic()
-                    if not block and left <= 0:
-                        return
-                    self.health.beat()
-                    self._collect_one(0.05 if block else max(0.001, min(left, 0.05)))
-                    if block:
-                        self._abandon_if_late()
-                    continue
-            group = list(itertools.islice(self._ready, self._max_in_flight - self._in_flight))
-            try:
-                self.stages.tokenize_q.put_nowait(group)
-            except queue.Full:
-                left = until - time.monotonic()
-                if not block and left <= 0:
-                    return
-                try:
-                    timeout = 0.1 if block else max(0.001, min(left, 0.1))
-                    self.stages.tokenize_q.put(group, timeout=timeout)
-                except queue.Full:
-                    if block:
-                        self.health.beat()
-                        self._collect(block=False)
-                        self._abandon_if_late()
-                    continue
-            for _ in group:
-                self._ready.popleft()
-            self._in_flight += len(group)
-        self._ready_since = None
-
     def _backpressure(self) -> None:
         """Pause the source once closed batches have waited ``pause_after_s`` for room.
 
@@ -383,11 +342,11 @@ class Pipeline:
         partition so the loop can keep polling — a Kafka member stays in its group however
         long the step takes — without taking in more records. Resumes once they are queued.
         """
-        if self._ready:
+        if self.stages.ready:
             now = time.monotonic()
-            if self._ready_since is None:
-                self._ready_since = now
-            if not self._paused and now - self._ready_since >= self.settings.pause_after_s:
+            if self.stages.waiting_since is None:
+                self.stages.waiting_since = now
+            if not self._paused and now - self.stages.waiting_since >= self.settings.pause_after_s:
                 self.source.pause()
                 self._paused = True
                 self.metrics.consumer_paused.set(1)
@@ -397,55 +356,8 @@ class Pipeline:
             self._paused = False
             self.metrics.consumer_paused.set(0)
 
-    def _abandon_if_late(self) -> None:
-        """Past the stop deadline: batches not started are given up (never while draining)."""
-        deadline = self._deadline()
-        if deadline is not None and time.monotonic() > deadline:
-            if not self.stages.abandon.is_set():
-                log.warning("shutdown deadline reached: giving up batches not started")
-            self.stages.abandon.set()
-
-    def _collect(self, block: bool) -> None:
-        while self._in_flight:
-            if not block and self.stages.results.empty():
-                return
-            try:
-                batch, result = (
-                    self.stages.results.get(timeout=0.2)
-                    if block
-                    else self.stages.results.get_nowait()
-                )
-            except queue.Empty:
-                if not block:
-                    return
-                self.health.beat()
-                self._abandon_if_late()
-                deadline = self._deadline()
-                if deadline is not None and (
-                    time.monotonic() > deadline + self.settings.shutdown_timeout_s
-                ):
-                    raise PipelineError(
-                        "the step in flight did not finish within twice shutdown_timeout_s; "
-                        "nothing more is checkpointed or committed"
-                    ) from None
-                if not self.stages.alive():
-                    raise PipelineError("a pipeline stage died without a result") from None
-                continue
-            self._handle(batch, result)
-
-    def _collect_one(self, timeout: float) -> None:
-        """Wait up to ``timeout`` for one result and handle it."""
-        try:
-            batch, result = self.stages.results.get(timeout=timeout)
-        except queue.Empty:
-            if not self.stages.alive():
-                raise PipelineError("a pipeline stage died without a result") from None
-            return
-        self._handle(batch, result)
-
     def _handle(self, batch: Batch, result: StepResult | BaseException | Abandoned) -> None:
         """Account for one finished batch: telemetry, governor, ledger, maybe a checkpoint."""
-        self._in_flight -= 1
         if isinstance(result, Abandoned):
             self.ingestor.forget(batch.segment)
             log.warning(
@@ -472,31 +384,6 @@ class Pipeline:
         self.tracker.apply(batch.segment, stepped=result.applied)
         self.tracker.stepped(switched)
 
-    # -- connection, readiness ----------------------------------------------------------------
-    def _check_connection(self) -> None:
-        connected = self.source.connected()
-        if connected != self._connected:
-            self._connected = connected
-            if connected and self._was_disconnected:
-                log.info("broker reachable again; resuming")
-            elif not connected and self._running_since_s() > 5.0:  # not while still joining
-                self._was_disconnected = True
-                log.warning("broker unreachable; the client reconnects with capped backoff")
-            self._set_ready()
-
-    def _running_since_s(self) -> float:
-        return time.monotonic() - self._started
-
-    def _set_ready(self) -> None:
-        self.metrics.broker_connected.set(1 if self._connected else 0)
-        if not self._connected:
-            self.health.set_ready(False, "broker unreachable")
-        elif self.commits.due is not None:
-            self.health.set_ready(False, "offset commits failing; retrying")
-        else:
-            self.health.set_ready(True)
-        self.metrics.ready.set(1 if self.health.ready else 0)
-
     # -- settling, shutdown ----------------------------------------------------------------------
     def _deadline(self) -> float | None:
         """When settling gives up batches not started: None until :meth:`stop` is called."""
@@ -510,9 +397,9 @@ class Pipeline:
         """
         rest = self.ingestor.due(final=True)
         if rest is not None:
-            self._ready.append(rest)
-        self._pump(block=True)
-        self._collect(block=True)
+            self.stages.ready.append(rest)
+        self.stages.pump(block=True)
+        self.stages.collect(block=True)
         self._apply_idle()
 
     def _shutdown(self) -> None:

@@ -12,12 +12,20 @@ trainer between steps while a checkpoint is written.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import queue
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from learner.step import StepResult
+from streaming.errors import PipelineError
 from streaming.ingest.ingestor import Batch
+
+log = logging.getLogger("streaming.runtime.pipeline")
 
 
 class Abandoned:
@@ -33,15 +41,42 @@ Result = StepResult | BaseException | Abandoned
 class Stages:
     """The tokenize and train threads of a run.
 
+    The loop puts closed batches on :attr:`ready`; :meth:`pump` hands them over, as many as
+    the in-flight bound allows (``2 * queue_batches + 2``: queued for tokenizing, being
+    tokenized, queued for training, being trained), and :meth:`collect` hands each result to
+    ``handle`` in order.
+
     Args:
         learner: Its ``objective.collate`` runs on the tokenize thread, ``step`` on the train one.
         lock: Held around each step (the governor holds it to read or switch weights).
         queue_batches: Handoffs each queue holds.
+        handle: Called with each ``(batch, result)``, in order, on the caller's thread.
+        beat: Called while waiting (the liveness heartbeat).
+        deadline: When batches not started are given up (None: never, the run drains).
+        grace_s: How long past the deadline the step in flight may take before the run fails.
     """
 
-    def __init__(self, learner: Any, lock: threading.Lock, queue_batches: int) -> None:
+    def __init__(
+        self,
+        learner: Any,
+        lock: threading.Lock,
+        queue_batches: int,
+        handle: Callable[[Batch, Result], None],
+        beat: Callable[[], None] = lambda: None,
+        deadline: Callable[[], float | None] = lambda: None,
+        grace_s: float = 30.0,
+    ) -> None:
         self._learner = learner
         self._lock = lock
+        self._handle = handle
+        self._beat = beat
+        self._deadline = deadline
+        self._grace_s = grace_s
+        self.ready: deque[Batch] = deque()  # closed batches waiting for queue room
+        self.waiting_since: float | None = None  # since when batches wait for room
+        self.in_flight = 0  # handed to the tokenize/train threads, not collected yet
+        # queued for tokenizing + being tokenized + queued for training + being trained
+        self.max_in_flight = 2 * queue_batches + 2
         self.tokenize_q: queue.Queue[list[Batch] | None] = queue.Queue(maxsize=queue_batches)
         self._train_q: queue.Queue[list[Batch] | None] = queue.Queue(maxsize=queue_batches)
         # Unbounded (the loop's in-flight bound limits it); a SimpleQueue is cheap to put to and
@@ -65,6 +100,91 @@ class Stages:
     def alive(self) -> bool:
         """Both threads still run (a stage that failed has handed its error and returned)."""
         return self._tokenizer.is_alive() and self._trainer.is_alive()
+
+    def pump(self, wait_s: float = 0.0, block: bool = False) -> None:
+        """Move closed batches to the tokenize stage, waiting up to ``wait_s`` for room.
+
+        The batches waiting go in one handoff, as many as the in-flight bound allows. With
+        ``block`` it waits until all are queued, collecting results meanwhile.
+        """
+        until = time.monotonic() + wait_s
+        while self.ready:
+            if self.in_flight >= self.max_in_flight:  # bounds results waiting to be handled
+                self.collect(block=False)
+                if self.in_flight >= self.max_in_flight:
+                    left = until - time.monotonic()
+                    if not block and left <= 0:
+                        return
+                    self._beat()
+                    self._collect_one(0.05 if block else max(0.001, min(left, 0.05)))
+                    if block:
+                        self._abandon_if_late()
+                    continue
+            group = list(itertools.islice(self.ready, self.max_in_flight - self.in_flight))
+            try:
+                self.tokenize_q.put_nowait(group)
+            except queue.Full:
+                left = until - time.monotonic()
+                if not block and left <= 0:
+                    return
+                try:
+                    timeout = 0.1 if block else max(0.001, min(left, 0.1))
+                    self.tokenize_q.put(group, timeout=timeout)
+                except queue.Full:
+                    if block:
+                        self._beat()
+                        self.collect(block=False)
+                        self._abandon_if_late()
+                    continue
+            for _ in group:
+                self.ready.popleft()
+            self.in_flight += len(group)
+        self.waiting_since = None
+
+    def _abandon_if_late(self) -> None:
+        """Past the stop deadline: batches not started are given up (never while draining)."""
+        deadline = self._deadline()
+        if deadline is not None and time.monotonic() > deadline:
+            if not self.abandon.is_set():
+                log.warning("shutdown deadline reached: giving up batches not started")
+            self.abandon.set()
+
+    def collect(self, block: bool) -> None:
+        """Handle the results that are in (with ``block``: every batch in flight)."""
+        while self.in_flight:
+            if not block and self.results.empty():
+                return
+            try:
+                batch, result = (
+                    self.results.get(timeout=0.2) if block else self.results.get_nowait()
+                )
+            except queue.Empty:
+                if not block:
+                    return
+                self._beat()
+                self._abandon_if_late()
+                deadline = self._deadline()
+                if deadline is not None and (time.monotonic() > deadline + self._grace_s):
+                    raise PipelineError(
+                        "the step in flight did not finish within twice shutdown_timeout_s; "
+                        "nothing more is checkpointed or committed"
+                    ) from None
+                if not self.alive():
+                    raise PipelineError("a pipeline stage died without a result") from None
+                continue
+            self.in_flight -= 1
+            self._handle(batch, result)
+
+    def _collect_one(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for one result and handle it."""
+        try:
+            batch, result = self.results.get(timeout=timeout)
+        except queue.Empty:
+            if not self.alive():
+                raise PipelineError("a pipeline stage died without a result") from None
+            return
+        self.in_flight -= 1
+        self._handle(batch, result)
 
     def stop(self, timeout_s: float) -> None:
         """Give up batches not started, wake both threads and wait for them to end."""

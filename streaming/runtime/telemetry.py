@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from learner.step import StepResult
 from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
+from monitors.server import HealthState
 from streaming.base import Source, TopicPartition
 
 log = logging.getLogger("streaming.runtime.pipeline")
@@ -197,3 +199,57 @@ class Telemetry:
             snap.baseline_accuracy,
             snap.candidate_accuracy,
         )
+
+
+class Readiness:
+    """``/readyz`` and ``feedstep_ready``: not ready while the broker is away or commits fail.
+
+    Args:
+        source: Says whether it can reach its broker.
+        health: What ``/readyz`` answers.
+        metrics: ``broker_connected`` and ``ready`` are set here.
+        commits_failing: Whether a failed commit waits for its retry.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        health: HealthState,
+        metrics: Metrics,
+        commits_failing: Callable[[], bool],
+    ) -> None:
+        self.source = source
+        self.health = health
+        self.metrics = metrics
+        self.commits_failing = commits_failing
+        self._connected = True
+        self._was_disconnected = False
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        """The run starts: ready unless something says otherwise."""
+        self._started = time.monotonic()
+        self.update()
+
+    def check_connection(self) -> None:
+        """Follow the source's connection state (logged when it changes)."""
+        connected = self.source.connected()
+        if connected != self._connected:
+            self._connected = connected
+            if connected and self._was_disconnected:
+                log.info("broker reachable again; resuming")
+            elif not connected and time.monotonic() - self._started > 5.0:  # not while joining
+                self._was_disconnected = True
+                log.warning("broker unreachable; the client reconnects with capped backoff")
+            self.update()
+
+    def update(self) -> None:
+        """Set readiness from the connection and the commits."""
+        self.metrics.broker_connected.set(1 if self._connected else 0)
+        if not self._connected:
+            self.health.set_ready(False, "broker unreachable")
+        elif self.commits_failing():
+            self.health.set_ready(False, "offset commits failing; retrying")
+        else:
+            self.health.set_ready(True)
+        self.metrics.ready.set(1 if self.health.ready else 0)

@@ -166,7 +166,7 @@ def test_backpressure_pauses_the_source_and_memory_stays_bounded(tiny_parts, obj
 
     def spy():
         original()
-        seen_ready.append((len(pipe._ready), source.paused))
+        seen_ready.append((len(pipe.stages.ready), source.paused))
 
     pipe._backpressure = spy
     pipe.run()
