@@ -13,7 +13,8 @@ a plain loop over all of them through
 * ``to_example``: :func:`streaming.events.examples.to_example` on the decoded events;
 * ``json.loads``: the stdlib parser alone, into dicts (the decoder's parser), as a floor.
 
-Each row prints the median over the repeats, in microseconds per event (the minimum too).
+Each row prints the median over the repeats, in microseconds per event (the minimum too). The
+last line is ``decode_event_us=<median µs per event of decode_event>``.
 Numbers on a machine shared with other work swing by 10-20% between runs; compare medians from
 runs made close together.
 """
@@ -30,11 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streaming.events import (  # noqa: E402
-    FeedbackEvent,
-    decode_event,
-    to_example,  # noqa: E402
-)
+from streaming.events import FeedbackEvent, decode_event, to_example  # noqa: E402
 from streaming.testing.simulate import SimulatedFeedback  # noqa: E402
 
 
@@ -76,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'row':<20} {'median_us':>10} {'min_us':>8}")
     for name, values in times.items():
         print(f"{name:<20} {statistics.median(values):>10.2f} {min(values):>8.2f}")
+    print(f"decode_event_us={statistics.median(times['decode_event']):.2f}")
     return 0
 
 

@@ -1,20 +1,28 @@
 """Benchmark: feedstep's full step against a bare forward + backward + AdamW step.
 
-For the default reward model (MiniLM) and a tiny causal LM (GPT-2 layout, 4 layers, MiniLM's
-tokenizer), on one fixed batch, this times
+For each model (``--models``), on one fixed batch, this times
 
 * ``bare``: the objective's forward on the model, mean loss, backward, ``AdamW.step()``,
   ``zero_grad`` -- what a plain training loop does;
 * ``full``: :meth:`learner.step.Learner.step` (baseline scoring, candidate forward, L2-SP,
-  guard, clipping, AdamW) plus the per-step metrics update the sidecar makes
-  (``streaming.runtime.pipeline.Pipeline._after_step``: prequential windows, Prometheus gauges);
-* ``full-nobase``: the same full step with the baseline's forward replaced by a cached output,
-  to show what the step costs beyond the baseline scoring a bare step never does.
+  guard, clipping, AdamW) plus the per-step monitoring the sidecar does, through the same
+  object the run loop uses (:class:`streaming.runtime.telemetry.Telemetry`: ``account`` the
+  step, then ``publish``, i.e. prequential windows, histograms, gauges, parameter distance);
+* ``full-nobase``: the same full step with an objective that computes the baseline's values
+  once and returns them from then on, to show what the step costs beyond the baseline scoring a
+  bare step never does.
 
-The three run interleaved (rotating order) so machine load hits them alike; each gets ``--warmup``
-untimed and ``--iters`` timed steps. Ratios are median(full) / median(bare). Both sides use the
-model in eval mode (the learner switches dropout off), the same batch, the same objective code and
-the same AdamW settings (``foreach=True``, lr 2e-5, weight decay 0.01), bf16 autocast on CUDA.
+Models: ``minilm`` (the default reward model, :class:`learner.objectives.RewardObjective`),
+``causal`` (a GPT-2 layout causal LM, 4 layers, width 256, MiniLM's tokenizer, with the ``sft``
+objective: mean next-token NLL over the response), and for quick checks ``tiny`` (the 2-layer
+reward model the tests use) and ``tiny-causal`` (the tests' 2-layer Llama, ``sft``). Causal
+models get thumbs up (or pairs), the only examples ``sft`` trains on.
+
+The three variants run interleaved (rotating order) so machine load hits them alike; each gets
+``--warmup`` untimed and ``--iters`` timed steps. Ratios are median(full) / median(bare). Both
+sides use the model in eval mode (the learner switches dropout off), the same batch, the same
+objective code and AdamW (``foreach=True``, lr 2e-5, weight decay 0.01; the learner exempts
+biases and norm weights from the decay), bf16 autocast on CUDA.
 
 Peak memory per parameter: on CUDA ``torch.cuda.max_memory_allocated`` over a few steps of one
 variant (minus what was allocated before it was built); on the CPU the growth of the peak
@@ -26,13 +34,13 @@ Threads: on a machine shared with other work, pass ``--threads`` no larger than 
 kernel's OpenMP barrier waits for a scheduler time slice; MiniLM has 103 weight tensors, so the
 per-parameter passes (L2-SP, clipping, AdamW) slow down 10-30x and the ratio turns into noise.
 
-There is no causal-LM objective in the learner yet, so the causal LM uses a plain next-token loss
-(mean over real tokens, per example) on both sides.
-
 Usage::
 
     python3 bench/step.py --threads 2            # prints a table; last line ratio=<minilm ratio>
     python3 bench/step.py --device cuda --iters 50
+    python3 bench/step.py --models tiny,tiny-causal --iters 3 --warmup 1   # seconds, for checks
+
+The last line is ``ratio=<ratio of the first model of --models>`` (of ``minilm`` by default).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import argparse
 import copy
 import gc
 import json
+import math
 import os
 import random
 import resource
@@ -56,17 +65,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, whatever is installed
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from learner.base import Example, Objective, ObjectiveOutput, TensorBatch  # noqa: E402
-from learner.models import ModelSpec, build_reward_model, minilm_path  # noqa: E402
-from learner.objectives import RewardObjective  # noqa: E402
+from learner.models import (  # noqa: E402
+    TINY_CAUSAL,
+    ModelSpec,
+    build_causal_lm,
+    build_reward_model,
+    minilm_path,
+)
+from learner.objectives import RewardObjective, SFTObjective  # noqa: E402
 from learner.step import Learner, StepConfig  # noqa: E402
 
-MODELS = ("minilm", "causal")
+MODELS = ("minilm", "causal", "tiny", TINY_CAUSAL)
+CAUSAL = ("causal", TINY_CAUSAL)
 VARIANTS = ("bare", "full", "full-nobase")
 LR, WEIGHT_DECAY = 2e-5, 0.01
 WORDS = (
@@ -79,51 +95,15 @@ WORDS = (
 ).split()
 
 
-# -- a plain next-token objective for the causal LM ------------------------------------------
-class NextTokenObjective(Objective):
-    """Plain next-token loss on ``[CLS] prompt [SEP] response [SEP]``, mean per example."""
-
-    name = "next-token"
-
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def collate(self, examples: Sequence[Example]) -> TensorBatch:
-        tok = self.tokenizer
-        rows = []
-        for ex in examples:
-            row = [tok.cls_token_id, *tok(ex.prompt, add_special_tokens=False)["input_ids"]]
-            row += [tok.sep_token_id, *tok(ex.response, add_special_tokens=False)["input_ids"]]
-            rows.append([*row[: self.max_length - 1], tok.sep_token_id])
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return TensorBatch(
-            {"input_ids": ids, "attention_mask": mask},
-            len(examples),
-            torch.ones(len(examples)),
-        )
-
-    def forward(self, model: nn.Module, batch: TensorBatch) -> ObjectiveOutput:
-        ids, mask = batch.tensors["input_ids"], batch.tensors["attention_mask"]
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target, valid = ids[:, 1:], mask[:, 1:].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        loss = (nll * valid).sum(1) / valid.sum(1).clamp(min=1.0)
-        undefined = torch.full_like(loss, float("nan"))  # no notion of "correct" here
-        return ObjectiveOutput(loss=loss, score=-loss, correct=undefined)
-
-
 # -- models, data ------------------------------------------------------------------------------
 def build(name: str, seq_len: int) -> tuple[nn.Module, Objective]:
     """The model (CPU, fp32) and the objective that scores it."""
-    if name == "minilm":
-        model, tokenizer = build_reward_model(ModelSpec("minilm"))
+    if name in ("minilm", "tiny"):
+        model, tokenizer = build_reward_model(ModelSpec(name))
         return model, RewardObjective(tokenizer, max_length=seq_len)
+    if name == TINY_CAUSAL:
+        causal, tokenizer = build_causal_lm(ModelSpec(TINY_CAUSAL))
+        return causal, SFTObjective(tokenizer, max_length=seq_len)
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
@@ -135,11 +115,15 @@ def build(name: str, seq_len: int) -> tuple[nn.Module, Objective]:
         n_layer=4,
         n_head=4,
     )
-    return GPT2LMHeadModel(config), NextTokenObjective(tokenizer, max_length=seq_len)
+    return GPT2LMHeadModel(config), SFTObjective(tokenizer, max_length=seq_len)
 
 
-def examples(n: int, seq_len: int, pairs: int, seed: int = 0) -> list[Example]:
-    """``n`` examples of about ``seq_len`` tokens each; the first ``pairs`` are pairs."""
+def examples(n: int, seq_len: int, pairs: int, causal: bool, seed: int = 0) -> list[Example]:
+    """``n`` examples of about ``seq_len`` tokens each; the first ``pairs`` are pairs.
+
+    Pointwise examples alternate thumbs up and down for a reward model; a causal LM (``sft``)
+    gets thumbs up only.
+    """
     rng = random.Random(seed)
 
     def text(words: int) -> str:
@@ -151,22 +135,40 @@ def examples(n: int, seq_len: int, pairs: int, seed: int = 0) -> list[Example]:
         if i < pairs:
             out.append(Example(prompt, response, rejected=text(int(seq_len * 0.6))))
         else:
-            out.append(Example(prompt, response, target=float(i % 2)))
+            out.append(Example(prompt, response, target=1.0 if causal else float(i % 2)))
     return out
 
 
-class _CachedForward(nn.Module):
-    """Stands in for the baseline: runs it once, then returns that output for every call."""
+class CachedBaselineObjective(Objective):
+    """``inner``, except that the values of the model ``cached`` are computed once, then reused.
 
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
+    Stands in for a baseline whose scoring costs nothing: set ``cached`` to the learner's
+    baseline and every step after the first reuses the first step's baseline values (the batch
+    never changes).
+    """
+
+    def __init__(self, inner: Objective) -> None:
         self.inner = inner
-        self.out: Any = None
+        self.name = inner.name
+        self.needs_reference = inner.needs_reference
+        self.min_batch_size = inner.min_batch_size
+        self.cached: nn.Module | None = None
+        self.values: torch.Tensor | None = None
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.out is None:
-            self.out = self.inner(*args, **kwargs)
-        return self.out
+    def collate(self, examples: Sequence[Example]) -> TensorBatch:
+        return self.inner.collate(examples)
+
+    def model_values(self, model: nn.Module, batch: TensorBatch) -> torch.Tensor:
+        if model is not self.cached:
+            return self.inner.model_values(model, batch)
+        if self.values is None:
+            self.values = self.inner.model_values(model, batch).detach()
+        return self.values
+
+    def from_values(
+        self, values: torch.Tensor, batch: TensorBatch, reference: torch.Tensor | None = None
+    ) -> ObjectiveOutput:
+        return self.inner.from_values(values, batch, reference)
 
 
 def make_variant(
@@ -189,45 +191,49 @@ def make_variant(
         return bare_step, {"model": bare, "optimizer": opt}
 
     from monitors.metrics import Metrics
-    from streaming.runtime.pipeline import Pipeline, _Batch
-    from streaming.testing import MemorySink, MemorySource
+    from streaming.runtime.pipeline import PipelineSettings
+    from streaming.runtime.telemetry import Telemetry
+    from streaming.testing import MemorySource
 
+    stepped = CachedBaselineObjective(objective) if variant == "full-nobase" else objective
     learner = Learner(
         copy.deepcopy(model),
-        objective,
+        stepped,
         StepConfig(lr=LR, weight_decay=WEIGHT_DECAY),
         device=device,
     )
-    if variant == "full-nobase":
-        learner.baseline = _CachedForward(learner.baseline)  # type: ignore[assignment]
-    # The metrics update is the pipeline's own code (a private method: this is a benchmark).
-    pipeline = Pipeline(MemorySource([]), MemorySink(), learner, Metrics())
-    record = _Batch(examples=[], ts=[time.time()] * batch.size, offsets={}, features=[])
+    if isinstance(stepped, CachedBaselineObjective):
+        stepped.cached = learner.baseline
+    window = PipelineSettings().prequential_window
+    telemetry = Telemetry(Metrics(), learner, MemorySource([]), window=window)
     last: dict[str, Any] = {}
 
+    def monitor() -> None:  # what the run loop does after each step
+        telemetry.account(last["result"], [time.time()] * batch.size)
+        telemetry.publish()
+
     def full_step() -> None:
-        result = learner.step(batch)
-        pipeline._after_step(record, result)
-        last["result"] = result
+        last["result"] = learner.step(batch)
+        monitor()
 
-    return full_step, {"learner": learner, "pipeline": pipeline, "record": record, "last": last}
+    return full_step, {"learner": learner, "monitor": monitor, "telemetry": telemetry}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
     started = time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - started
 
 
 def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, reps: int) -> dict:
-    """Median seconds of each piece of the full step (and of the metrics' parameter distance)."""
+    """Median seconds of each piece of the full step (and of the monitors' parameter distance)."""
     learner: Learner = parts["learner"]
     b = batch.to(device)
 
@@ -249,12 +255,8 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
     def adamw() -> None:
         learner.optimizer.step()
 
-    def metrics() -> None:
-        parts["pipeline"]._after_step(parts["record"], parts["last"]["result"])
-
-    def distance() -> None:  # part of the metrics update: ||candidate - baseline|| every step
-        learner._distance = None  # measure the computation, not the per-step cache
-        learner.param_distance()
+    def distance() -> None:  # part of publish: ||candidate - baseline||, once per step
+        math.sqrt(float(learner.l2sp.sq_distance()))  # the computation, not the learner's cache
 
     pieces: dict[str, Callable[[], Any]] = {
         "baseline fwd": base_fwd,
@@ -262,7 +264,7 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
         "l2sp": l2sp,
         "clip": clip,
         "adamw": adamw,
-        "metrics": metrics,
+        "metrics": parts["monitor"],
         "(in metrics: param distance)": distance,
     }
     # One rep is the step taken apart, in the step's order: backward creates the gradients that
@@ -271,14 +273,13 @@ def breakdown(parts: dict[str, Any], batch: TensorBatch, device: torch.device, r
     for _ in range(reps):
         learner.optimizer.zero_grad(set_to_none=True)
         for name, fn in pieces.items():
-            times[name].append(_timed(fn, device))
+            times[name].append(timed(fn, device))
     learner.optimizer.zero_grad(set_to_none=True)
-    out = {name: statistics.median(t) for name, t in times.items()}
-    return out
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # -- memory --------------------------------------------------------------------------------------
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """This process's peak resident set size.
 
     ``VmHWM`` belongs to the process image, so it starts afresh at exec; ``ru_maxrss`` would
@@ -293,19 +294,24 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def the_batch(name: str, objective: Objective, args: argparse.Namespace) -> TensorBatch:
+    causal = name in CAUSAL
+    return objective.collate(examples(args.batch_size, args.seq_len, args.pairs, causal))
+
+
 def memory_child(args: argparse.Namespace) -> None:
     """In a fresh process: peak RSS growth over load + a few steps of one variant, per param."""
     torch.set_num_threads(args.threads)
     name, variant = args.memory_child
-    before = _peak_rss_bytes()
+    before = peak_rss_bytes()
     model, objective = build(name, args.seq_len)
     params = sum(p.numel() for p in model.parameters())
-    batch = objective.collate(examples(args.batch_size, args.seq_len, args.pairs))
+    batch = the_batch(name, objective, args)
     step, _ = make_variant(variant, model, objective, batch, torch.device("cpu"))
     del model
     for _ in range(3):
         step()
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     print(json.dumps({"params": params, "peak_bytes": peak - before}))
 
 
@@ -330,7 +336,7 @@ def cuda_memory(
     step, parts = make_variant(variant, model, objective, batch, device)
     for _ in range(3):
         step()
-    _sync(device)
+    sync(device)
     peak = torch.cuda.max_memory_allocated(device) - start
     del step, parts
     gc.collect()
@@ -338,28 +344,28 @@ def cuda_memory(
 
 
 # -- main ----------------------------------------------------------------------------------------
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model, objective = build(name, args.seq_len)
     params = sum(p.numel() for p in model.parameters())
-    batch = objective.collate(examples(args.batch_size, args.seq_len, args.pairs))
+    batch = the_batch(name, objective, args)
     if device.type == "cuda":
         batch = batch.pin()
     tokens = int(batch.tensors["attention_mask"].sum())
     steps = {v: make_variant(v, model, objective, batch, device) for v in VARIANTS}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    _say(f"{name}: {params / 1e6:.1f}M parameters, {tokens} tokens; timing {VARIANTS}")
+    say(f"{name}: {params / 1e6:.1f}M parameters, {tokens} tokens; timing {VARIANTS}")
     for i in range(args.warmup + args.iters):
         order = VARIANTS[i % 3 :] + VARIANTS[: i % 3]  # rotate so no variant always goes first
         for v in order:
-            took = _timed(steps[v][0], device)
+            took = timed(steps[v][0], device)
             if i >= args.warmup:
                 times[v].append(took)
         if i % 5 == 4:
-            _say(f"{name}: round {i + 1}/{args.warmup + args.iters}")
+            say(f"{name}: round {i + 1}/{args.warmup + args.iters}")
     med = {v: statistics.median(t) for v, t in times.items()}
     paired = [f / b for f, b in zip(times["full"], times["bare"], strict=True)]
     row: dict[str, Any] = {
@@ -373,9 +379,9 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
         "ratio_nobase": med["full-nobase"] / med["bare"],
         "breakdown": breakdown(steps["full"][1], batch, device, reps=max(5, args.iters // 2)),
     }
-    _say(f"{name}: ratio {row['ratio']:.3f}; breakdown done")
+    say(f"{name}: ratio {row['ratio']:.3f}; breakdown done")
     if args.memory:
-        _say(f"{name}: measuring peak memory")
+        say(f"{name}: measuring peak memory")
         if device.type == "cuda":
             del steps
             gc.collect()
@@ -392,7 +398,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: to
         f"warmup={args.warmup} iters={args.iters} torch={torch.__version__}"
     )
     head = (
-        f"{'model':<7} {'params':>7} {'seqs':>4} {'tokens':>6} {'bare ms':>8} {'full ms':>8} "
+        f"{'model':<11} {'params':>7} {'seqs':>4} {'tokens':>6} {'bare ms':>8} {'full ms':>8} "
         f"{'ratio':>6} {'paired':>6} {'nobase ms':>9} {'ratio':>6}"
     )
     if args.memory:
@@ -401,7 +407,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: to
     for r in rows:
         m = r["median_s"]
         line = (
-            f"{r['model']:<7} {r['params'] / 1e6:6.1f}M {r['sequences']:>4} {r['tokens']:>6} "
+            f"{r['model']:<11} {r['params'] / 1e6:6.1f}M {r['sequences']:>4} {r['tokens']:>6} "
             f"{m['bare'] * 1e3:8.1f} {m['full'] * 1e3:8.1f} {r['ratio']:6.3f} "
             f"{r['ratio_paired']:6.3f} {m['full-nobase'] * 1e3:9.1f} {r['ratio_nobase']:6.3f}"
         )
@@ -414,26 +420,35 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, device: to
         pieces = "  ".join(
             f"{k}={v * 1e3:.1f} ({100 * v / bare:.0f}%)" for k, v in r["breakdown"].items()
         )
-        print(f"  {r['model']:<7} {pieces}")
+        print(f"  {r['model']:<11} {pieces}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
-    parser.add_argument("--models", default=",".join(MODELS), help="minilm,causal")
+    parser.add_argument(
+        "--models", default="minilm,causal", help=f"comma-separated, from {', '.join(MODELS)}"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step")
     parser.add_argument("--pairs", type=int, default=0, help="how many of them are pairs")
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (max)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds")
+    parser.add_argument("--iters", type=int, default=20, help="timed rounds")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error("--iters must be >= 1 and --warmup >= 0")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.batch_size < 1 or not 0 <= args.pairs <= args.batch_size:
+        parser.error("--batch-size must be >= 1 and --pairs between 0 and --batch-size")
+    if args.seq_len < 8:
+        parser.error("--seq-len must be at least 8 (the objectives' minimum)")
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown or not names:
+        parser.error(f"unknown model(s) {unknown or args.models!r}; choose from {MODELS}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -446,16 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     torch.manual_seed(0)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(MODELS))
-    if unknown:
-        parser.error(f"unknown model(s) {unknown}; choose from {MODELS}")
     rows = [run_model(n, args, device) for n in names]
     print_table(rows, args, device)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
-    default = next((r for r in rows if r["model"] == "minilm"), rows[0])
-    print(f"ratio={default['ratio']:.3f}")
+    print(f"ratio={rows[0]['ratio']:.3f}")
     return 0
 
 

@@ -6,7 +6,7 @@ names the key and where it came from.
 
 Example:
     >>> cfg = load_config(overrides={"batch_size": 8}, environ={})
-    >>> cfg.batch_size, cfg.dead_letter_topic
+    >>> cfg.batch_size, cfg.dlq_topic
     (8, 'feedback.dlq')
 """
 

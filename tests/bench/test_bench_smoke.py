@@ -1,0 +1,140 @@
+"""Every script in bench/ runs, small, and ends with its result line.
+
+Benchmarks print numbers and are never timed assertions; these tests only keep them from
+rotting: each script runs as a subprocess at a size of seconds (tiny models, a few iterations,
+a few thousand events), must exit 0, and its last line must be ``<name>=<finite number>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+HH_RLHF = ROOT / ".." / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def run_bench(script: str, *args: str, timeout_s: float = 120) -> str:
+    """Run ``bench/<script>`` with this interpreter; its stdout, after checking it exited 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    assert proc.returncode == 0, (
+        f"bench/{script} exited {proc.returncode}\n"
+        f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def result(stdout: str, name: str) -> float:
+    """The number on the last line, which must read ``<name>=<number>``; finite."""
+    lines = stdout.strip().splitlines()
+    last = lines[-1] if lines else ""
+    match = re.fullmatch(rf"{re.escape(name)}=(\S+)", last)
+    assert match, f"expected a last line {name}=<number>, got {last!r}"
+    value = float(match.group(1))
+    assert math.isfinite(value), last
+    return value
+
+
+def test_decode_prints_the_decoder_cost_per_event():
+    out = run_bench("decode.py", "--events", "500", "--repeats", "1")
+    assert result(out, "decode_event_us") > 0
+    for row in ("decode_event", "decode_event+extra", "to_example", "json.loads"):
+        assert re.search(rf"^{re.escape(row)}\s", out, re.MULTILINE), row
+
+
+def test_pipeline_only_prints_events_per_second_and_profiles_each_stage():
+    out = run_bench("pipeline_only.py", "--events", "2000", "--repeats", "1", "--profile")
+    assert result(out, "events_per_s") > 0
+    for thread in ("ingest", "feedstep-tokenize", "feedstep-train"):
+        assert f"--- {thread} thread" in out, thread
+
+
+def test_step_prints_the_ratio_of_the_full_to_the_bare_step(tmp_path):
+    table = tmp_path / "step.json"
+    out = run_bench(
+        "step.py",
+        "--models", "tiny,tiny-causal",
+        "--batch-size", "4",
+        "--pairs", "1",
+        "--seq-len", "16",
+        "--warmup", "1",
+        "--iters", "2",
+        "--threads", "1",
+        "--no-memory",
+        "--json", str(table),
+    )  # fmt: skip
+    rows = json.loads(table.read_text())
+    assert [r["model"] for r in rows] == ["tiny", "tiny-causal"]
+    assert result(out, "ratio") == pytest.approx(rows[0]["ratio"], abs=5e-4)
+    for row in rows:
+        for variant in ("bare", "full", "full-nobase"):
+            assert row["median_s"][variant] > 0, (row["model"], variant)
+        assert row["ratio"] > 0 and row["ratio_nobase"] > 0
+
+
+def test_step_measures_peak_memory_per_parameter_in_child_processes():
+    out = run_bench(
+        "step.py",
+        "--models", "tiny",
+        "--batch-size", "2",
+        "--seq-len", "16",
+        "--warmup", "0",
+        "--iters", "1",
+        "--threads", "1",
+    )  # fmt: skip
+    assert result(out, "ratio") > 0
+    header, row = (line for line in out.splitlines() if line.startswith(("model ", "tiny ")))
+    assert "mem B/param bare" in header
+    bare, full = (float(v) for v in row.split()[-2:])
+    assert bare > 0 and full > 0
+
+
+def test_hh_rlhf_prints_the_pairwise_accuracy_of_a_short_pass():
+    if not HH_RLHF.is_file():
+        pytest.fail(f"the HH-RLHF test split is expected at {HH_RLHF.resolve()} (../shared/data)")
+    out = run_bench(
+        "hh_rlhf.py",
+        "--data", str(HH_RLHF),
+        "--model", "tiny",
+        "--device", "cpu",
+        "--limit", "16",
+        "--pairs-per-step", "4",
+        "--max-length", "32",
+        "--threads", "1",
+    )  # fmt: skip
+    assert 0.0 <= result(out, "pairwise_accuracy") <= 1.0
+    assert "pairs=16 steps=4" in out
+
+
+@pytest.mark.integration
+def test_ingest_prints_the_ratio_to_a_bare_consumer(kafka_bootstrap):
+    topic = f"feedstep-bench-smoke-{uuid.uuid4().hex[:8]}"
+    out = run_bench(
+        "ingest.py",
+        "--bootstrap-servers", kafka_bootstrap,
+        "--topic", topic,
+        "--events", "2000",
+        "--partitions", "2",
+        "--repeats", "1",
+        "--delete-topic",
+    )  # fmt: skip
+    assert result(out, "ratio") > 0
+    assert f"deleted {topic}" in out
