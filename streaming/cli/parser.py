@@ -26,15 +26,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="verb", required=True)
 
-    demo = sub.add_parser("demo", help="run the pipeline on a built-in simulated stream")
-    demo.add_argument("--events", type=int, default=1000, help="simulated events (default 1000)")
+    demo = sub.add_parser(
+        "demo", help="run the pipeline and the promotion gate on a built-in simulated stream"
+    )
+    demo.add_argument("--events", type=int, default=2500, help="simulated events (default 2500)")
     demo.add_argument("--metrics-port", type=int, default=None, help="serve /metrics while running")
     demo.add_argument("--model", default=None, help="minilm (default), tiny, or a local folder")
     demo.add_argument("--batch-size", type=int, default=None)
-    demo.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
+    demo.add_argument("--lr", type=float, default=None, help="learning rate (demo default 5e-5)")
     demo.add_argument("--noise", type=float, default=0.1, help="share of flipped labels")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    demo.add_argument(
+        "--store",
+        default=None,
+        help="model store to publish into (default: a new temporary directory, kept)",
+    )
+    demo.add_argument(
+        "--gate-min-events", type=int, default=None, help="paired events before a promotion"
+    )
+    demo.add_argument("--gate-alpha", type=float, default=None, help="false-promotion bound")
+    demo.add_argument(
+        "--drift-quiet-events", type=int, default=None, help="events without a drift alarm"
+    )
     demo.add_argument("--config", default=None, help="TOML or YAML config file")
     demo.set_defaults(func=cmd_demo)
 

@@ -17,6 +17,7 @@ class Progress:
         self.label = label
         self.every_s = every_s
         self._last = 0.0
+        self._line = ""
         self._tty = sys.stderr.isatty()
 
     def show(self, done: int, extra: str = "", force: bool = False) -> None:
@@ -24,10 +25,12 @@ class Progress:
         now = time.monotonic()
         if not force and now - self._last < self.every_s:
             return
-        self._last = now
         of = f"/{self.total}" if self.total else ""
         pct = f" {100 * done / self.total:5.1f}%" if self.total else ""
         line = f"{self.label}: {done}{of}{pct} {extra}"
+        if line == self._line:  # a closing call that has nothing new to say
+            return
+        self._last, self._line = now, line
         if self._tty:
             sys.stderr.write("\r\x1b[2K" + line)
         else:
