@@ -239,7 +239,7 @@ def run_feedstep(
         },
         environ={},
     )
-    source = _Clocked(KafkaSource(config))
+    source = _Clocked(KafkaSource(config.kafka))
     settings = PipelineSettings(
         batch_size=batch_size,
         max_wait_ms=1000,

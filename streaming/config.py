@@ -1,13 +1,26 @@
-"""Typed, frozen configuration, validated once at start.
+"""Typed, frozen configuration in sections, validated once at start.
 
 Values come from, in rising precedence: defaults, one config file (TOML or YAML), ``FEEDSTEP_*``
 environment variables, command-line flags. An unknown key in any of them is an error that
 names the key and where it came from.
 
+The configuration is a set of sections, each handed whole to the part that owns it:
+``kafka`` (the consumer and producers), ``ingest`` (limits, de-duplication, batching),
+``learner`` (model and objective), ``step`` (the one-step update, as
+:class:`learner.step.StepConfig`), ``checkpoints``, ``gate`` (as :class:`monitors.gate.GateConfig`),
+``rollback``, ``promotion`` (store, publishing, holdout, drift), ``metrics`` and ``run``. Every
+setting also has a flat name, unique over all sections — ``batch_size``, ``gate_min_events``,
+``checkpoint_every_steps`` — which is what ``FEEDSTEP_<NAME>`` variables, command-line flags
+and flat config files use (:data:`FLAT_KEYS`). A file may use either form::
+
+    batch_size = 32                 # flat
+    [gate]
+    min_events = 500                # the same as gate_min_events = 500
+
 Example:
-    >>> cfg = load_config(overrides={"batch_size": 8}, environ={})
-    >>> cfg.batch_size, cfg.dlq_topic
-    (8, 'feedback.dlq')
+    >>> cfg = load_config(overrides={"batch_size": 8, "gate_min_events": 50}, environ={})
+    >>> cfg.ingest.batch_size, cfg.gate.min_events, cfg.kafka.dlq_topic
+    (8, 50, 'feedback.dlq')
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from typing import Any, Literal
 
 import tomllib
 import yaml
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streaming.errors import ConfigError
@@ -28,12 +41,13 @@ ENV_PREFIX = "FEEDSTEP_"
 CONFIG_ENV = "FEEDSTEP_CONFIG"
 
 
-class FeedstepConfig(BaseSettings):
-    """Every setting of the sidecar. Units are in the names."""
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    # Kafka
+class KafkaConfig(_Section):
+    """The broker, the feedback topic and the consumer group."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
     topic: str = "feedback"
     group_id: str = "feedstep"
@@ -50,85 +64,158 @@ class FeedstepConfig(BaseSettings):
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
     ssl_cafile: str | None = None
-    max_poll_records: int = Field(500, ge=1)
-    session_timeout_ms: int = Field(45_000, ge=1000)
-    max_poll_interval_ms: int = Field(300_000, ge=1000)
-    reconnect_backoff_max_ms: int = Field(10_000, ge=100)
+    max_poll_records: int = Field(default=500, ge=1)
+    session_timeout_ms: int = Field(default=45_000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    reconnect_backoff_max_ms: int = Field(default=10_000, ge=100)
     """Cap of the client's exponential reconnect backoff while the broker is unreachable."""
-    # Events
-    max_text_chars: int = Field(8192, ge=1)
-    max_event_bytes: int = Field(1_048_576, ge=64)
-    dedup_window: int = Field(100_000, ge=1)
-    dedup_prime_records: int = Field(1000, ge=0)
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic: ``dead_letter_topic`` or ``<topic>.dlq``."""
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> KafkaConfig:
+        if self.sasl_mechanism and self.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(
+                f"sasl_mechanism={self.sasl_mechanism!r} needs security_protocol SASL_PLAINTEXT "
+                f"or SASL_SSL, but security_protocol={self.security_protocol!r}"
+            )
+        if self.max_poll_interval_ms <= self.session_timeout_ms // 3:
+            raise ValueError(
+                f"max_poll_interval_ms={self.max_poll_interval_ms} must exceed a third of "
+                f"session_timeout_ms={self.session_timeout_ms}"
+            )
+        return self
+
+
+class IngestConfig(_Section):
+    """Input limits, de-duplication and micro-batching."""
+
+    max_text_chars: int = Field(default=8192, ge=1)
+    max_event_bytes: int = Field(default=1_048_576, ge=64)
+    dedup_window: int = Field(default=100_000, ge=1)
+    dedup_prime_records: int = Field(default=1000, ge=0)
     """Records read back per partition taken over from another member, to know its recent ids."""
-    # Batching
-    batch_size: int = Field(16, ge=1)
-    max_wait_ms: int = Field(1000, ge=0)
-    # Model and step
+    batch_size: int = Field(default=16, ge=1)
+    max_wait_ms: int = Field(default=1000, ge=0)
+
+
+class LearnerConfig(_Section):
+    """The model, the objective and where it runs."""
+
     model: str = "minilm"
     objective: Literal["reward", "kto", "dpo", "sft"] = "reward"
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(default=0.1, gt=0)
     """kto/dpo: strength of the pull toward the reference (the frozen baseline)."""
-    kto_desirable_weight: float = Field(1.0, gt=0)
-    kto_undesirable_weight: float = Field(1.0, gt=0)
+    kto_desirable_weight: float = Field(default=1.0, gt=0)
+    kto_undesirable_weight: float = Field(default=1.0, gt=0)
     device: str = "auto"
     seed: int = 0
-    max_length: int = Field(256, ge=8)
-    lr: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    l2sp_weight: float = Field(0.01, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    max_length: int = Field(default=256, ge=8)
+
+
+class StepSection(_Section):
+    """The one-step update; the fields of :class:`learner.step.StepConfig`."""
+
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    l2sp_weight: float = Field(default=0.01, ge=0)
+    max_grad_norm: float = Field(default=1.0, ge=0)
     trainable: Literal["full", "head", "bias", "lora"] = "full"
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_target_modules: list[str] | None = None
-    ewc_weight: float = Field(0.0, ge=0)
-    ewc_decay: float = Field(0.99, gt=0, lt=1)
-    max_update_norm: float = Field(0.0, ge=0)
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_target_modules: tuple[str, ...] = ()
+    ewc_weight: float = Field(default=0.0, ge=0)
+    ewc_decay: float = Field(default=0.99, gt=0, lt=1)
+    max_update_norm: float = Field(default=0.0, ge=0)
     """Trust region: cap on the norm of one step's weight change (0 = off)."""
-    warmup_steps: int = Field(0, ge=0)
-    cosine_decay_steps: int = Field(0, ge=0)
-    min_lr: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    cosine_decay_steps: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
     compile: bool = False
-    # Checkpoints (offsets are committed to Kafka only after the checkpoint that covers them)
-    checkpoint_dir: str | None = None
-    """Empty: ``<store>/checkpoints``. Set ``checkpoint_every_steps = 0`` to turn them off."""
-    checkpoint_every_steps: int = Field(100, ge=0)
-    checkpoint_keep: int = Field(3, ge=1)
-    checkpoint_every_s: float = Field(60.0, gt=0)
+
+
+class CheckpointConfig(_Section):
+    """Checkpoints; offsets are committed to Kafka only after the checkpoint that covers them."""
+
+    dir: str | None = None
+    """Empty: ``<store>/checkpoints``. Set ``every_steps = 0`` to turn them off."""
+    every_steps: int = Field(default=100, ge=0)
+    keep: int = Field(default=3, ge=1)
+    every_s: float = Field(default=60.0, gt=0)
     """Also checkpoint (and so commit) once applied work is this old without a checkpoint."""
-    shutdown_timeout_s: float = Field(30.0, gt=0)
-    """SIGTERM/SIGINT: batches not started by then are given up (read again after a restart)."""
-    # Model store
-    store: str = "./feedstep-store"
-    """Directory of the versioned model store; ``run`` starts from its LIVE version."""
-    # Monitoring
-    prequential_window: int = Field(1000, ge=1)
-    metrics_port: int = Field(9108, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"
-    # Promotion gate, drift, publishing
-    publish: bool = True
-    """False: decisions are computed and exported but nothing is promoted or published."""
-    gate_min_events: int = Field(2000, ge=1)
-    gate_min_effect: float = Field(0.0, ge=0)
-    gate_alpha: float = Field(0.05, gt=0, lt=1)
-    holdout_file: str | None = None
-    holdout_every_steps: int = Field(50, ge=1)
-    holdout_tolerance: float = Field(0.0, ge=0)
-    drift_detector: Literal["adwin", "page_hinkley", "kswin", "ddm", "fhddm"] = "adwin"
-    drift_quiet_events: int = Field(1000, ge=0)
-    max_param_distance: float = Field(float("inf"), gt=0)
+
+
+class GateSection(_Section):
+    """The promotion gate; the fields of :class:`monitors.gate.GateConfig` (PromQL as dicts)."""
+
+    min_events: int = Field(default=2000, ge=1)
+    min_effect: float = Field(default=0.0, ge=0)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    holdout_tolerance: float = Field(default=0.0, ge=0)
+    drift_quiet_events: int = Field(default=1000, ge=0)
+    max_param_distance: float = Field(default=float("inf"), gt=0)
     prometheus_url: str | None = None
     promql_checks: list[dict[str, str]] = Field(default_factory=list)
     """Each ``{name, query, condition}``, e.g. ``{condition = "< 0.05"}``; config file only."""
-    rollback_alpha: float = Field(0.01, gt=0, lt=1)
-    rollback_watch_events: int = Field(50_000, ge=2)
+
+
+class RollbackSection(_Section):
+    """The rollback watch after a promotion (:class:`monitors.rollback.RollbackConfig`)."""
+
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    watch_events: int = Field(default=50_000, ge=2)
+
+
+class PromotionConfig(_Section):
+    """The model store, publishing, the holdout set and the drift detector."""
+
+    store: str = "./feedstep-store"
+    """Directory of the versioned model store; ``run`` starts from its LIVE version."""
+    publish: bool = True
+    """False: decisions are computed and exported but nothing is promoted or published."""
     updates_topic: str = "feedstep.model-updates"
     webhook_url: str | None = None
-    # Ending a run (tests, replays)
-    stop_after_events: int | None = Field(None, ge=1)
-    stop_when_idle_s: float | None = Field(None, gt=0)
-    log_every_s: float = Field(10.0, gt=0)
+    holdout_file: str | None = None
+    holdout_every_steps: int = Field(default=50, ge=1)
+    drift_detector: Literal["adwin", "page_hinkley", "kswin", "ddm", "fhddm"] = "adwin"
+
+
+class MetricsConfig(_Section):
+    """The windowed metrics and the HTTP port of /metrics, /healthz and /readyz."""
+
+    prequential_window: int = Field(default=1000, ge=1)
+    port: int = Field(default=9108, ge=0, le=65535)
+    host: str = "0.0.0.0"
+
+
+class RunConfig(_Section):
+    """Ending a run (tests, replays), progress and shutdown."""
+
+    stop_after_events: int | None = Field(default=None, ge=1)
+    stop_when_idle_s: float | None = Field(default=None, gt=0)
+    log_every_s: float = Field(default=10.0, gt=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    """SIGTERM/SIGINT: batches not started by then are given up (read again after a restart)."""
+
+
+class FeedstepConfig(BaseSettings):
+    """Every setting of the sidecar, in sections. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    kafka: KafkaConfig = KafkaConfig()
+    ingest: IngestConfig = IngestConfig()
+    learner: LearnerConfig = LearnerConfig()
+    step: StepSection = StepSection()
+    checkpoints: CheckpointConfig = CheckpointConfig()
+    gate: GateSection = GateSection()
+    rollback: RollbackSection = RollbackSection()
+    promotion: PromotionConfig = PromotionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    run: RunConfig = RunConfig()
 
     @classmethod
     def settings_customise_sources(  # type: ignore[override]
@@ -141,31 +228,54 @@ class FeedstepConfig(BaseSettings):
         return (init_settings,)
 
     @model_validator(mode="after")
-    def _cross_field(self) -> FeedstepConfig:
-        if self.sasl_mechanism and self.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
-            raise ValueError(
-                f"sasl_mechanism={self.sasl_mechanism!r} needs security_protocol SASL_PLAINTEXT "
-                f"or SASL_SSL, but security_protocol={self.security_protocol!r}"
-            )
-        if self.objective == "kto" and self.batch_size < 4:
+    def _cross_section(self) -> FeedstepConfig:
+        if self.learner.objective == "kto" and self.ingest.batch_size < 4:
             raise ValueError(
                 f"objective 'kto' estimates its reference point from mismatched pairs within a "
-                f"batch and needs batch_size >= 4, but batch_size={self.batch_size}"
-            )
-        if self.max_poll_interval_ms <= self.session_timeout_ms // 3:
-            raise ValueError(
-                f"max_poll_interval_ms={self.max_poll_interval_ms} must exceed a third of "
-                f"session_timeout_ms={self.session_timeout_ms}"
+                f"batch and needs batch_size >= 4, but batch_size={self.ingest.batch_size}"
             )
         return self
 
-    @property
-    def dlq_topic(self) -> str:
-        """The dead-letter topic: ``dead_letter_topic`` or ``<topic>.dlq``."""
-        return self.dead_letter_topic or f"{self.topic}.dlq"
+    def given(self) -> set[str]:
+        """Flat names of the settings given explicitly (file, environment or overrides)."""
+        return {
+            key
+            for key, (section, name) in FLAT_KEYS.items()
+            if name in getattr(self, section).model_fields_set
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its flat name (JSON-ready; secrets left out)."""
+        dumped = self.model_dump(mode="json")
+        return {
+            key: dumped[section][name]
+            for key, (section, name) in FLAT_KEYS.items()
+            if key != "sasl_plain_password"
+        }
 
 
-_FIELDS = frozenset(FeedstepConfig.model_fields)
+_RENAMED = {
+    ("checkpoints", "dir"): "checkpoint_dir",
+    ("checkpoints", "every_steps"): "checkpoint_every_steps",
+    ("checkpoints", "keep"): "checkpoint_keep",
+    ("checkpoints", "every_s"): "checkpoint_every_s",
+    ("gate", "min_events"): "gate_min_events",
+    ("gate", "min_effect"): "gate_min_effect",
+    ("gate", "alpha"): "gate_alpha",
+    ("rollback", "alpha"): "rollback_alpha",
+    ("rollback", "watch_events"): "rollback_watch_events",
+    ("metrics", "port"): "metrics_port",
+    ("metrics", "host"): "metrics_host",
+}
+
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    _RENAMED.get((section, name), name): (section, name)
+    for section, info in FeedstepConfig.model_fields.items()
+    for name in info.annotation.model_fields  # type: ignore[union-attr]
+}
+"""Flat name of every setting → (section, field); flat names are unique over all sections."""
+
+_SECTIONS = frozenset(FeedstepConfig.model_fields)
 
 _REMOVED = {
     "kafka_fetcher": "the consumer always runs in the sidecar's process",
@@ -176,17 +286,24 @@ _REMOVED = {
 """Keys of earlier versions, refused with what became of them (not silently ignored)."""
 
 
-def _check_key(key: str, where: str) -> None:
+def _check_key(key: str, where: str) -> tuple[str, str]:
     if key in _REMOVED:
         raise ConfigError(
             f"{where}: {key!r} was removed ({_REMOVED[key]}); delete it from your configuration"
         )
-    if key not in _FIELDS:
-        raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_FIELDS))}")
+    if key not in FLAT_KEYS:
+        raise ConfigError(
+            f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(FLAT_KEYS))}"
+        )
+    return FLAT_KEYS[key]
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict."""
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into flat settings.
+
+    Top-level keys are flat names; a table named like a section (``[gate]``) holds that
+    section's fields. A single ``[feedstep]`` table around everything is allowed.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist; pass an existing TOML/YAML file")
@@ -206,9 +323,22 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if isinstance(data.get("feedstep"), dict) and len(data) == 1:
         data = data["feedstep"]  # allow a [feedstep] table
-    for key in data:
-        _check_key(key, f"config file {str(p)!r}")
-    return dict(data)
+    where = f"config file {str(p)!r}"
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            fields = {name: flat_key for flat_key, (s, name) in FLAT_KEYS.items() if s == key}
+            for name, inner in value.items():
+                if name not in fields:
+                    raise ConfigError(
+                        f"{where}: unknown key {name!r} in section [{key}]; its keys: "
+                        f"{', '.join(sorted(fields))}"
+                    )
+                flat[fields[name]] = inner
+        else:
+            _check_key(key, where)
+            flat[key] = value
+    return flat
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
@@ -219,10 +349,10 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
         key = name[len(ENV_PREFIX) :].lower()
         if key in _REMOVED:
             _check_key(key, f"environment variable {name}")
-        if key not in _FIELDS:
+        if key not in FLAT_KEYS:
             raise ConfigError(
                 f"unknown environment variable {name}; feedstep reads FEEDSTEP_<KEY> for the keys "
-                f"{', '.join(sorted(_FIELDS))} - unset it or fix the spelling"
+                f"{', '.join(sorted(FLAT_KEYS))} - unset it or fix the spelling"
             )
         values[key] = value
     return values
@@ -235,8 +365,8 @@ def load_config(
 ) -> FeedstepConfig:
     """Build the configuration: defaults < file < ``FEEDSTEP_*`` env < ``overrides``.
 
-    ``path`` defaults to ``$FEEDSTEP_CONFIG`` when set. ``None`` values in ``overrides`` mean
-    "not given" (an unset command-line flag).
+    ``path`` defaults to ``$FEEDSTEP_CONFIG`` when set. ``overrides`` use flat names; ``None``
+    values in them mean "not given" (an unset command-line flag).
     """
     env = os.environ if environ is None else environ
     path = path or env.get(CONFIG_ENV)
@@ -246,12 +376,37 @@ def load_config(
         _check_key(key, "setting")
         if value is not None:
             merged[key] = value
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in merged.items():
+        section, name = FLAT_KEYS[key]
+        nested.setdefault(section, {})[name] = value
     try:
-        return FeedstepConfig(**merged)
+        return FeedstepConfig.model_validate(nested)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in err['loc']) or 'config'}: {err['msg']}"
-            + ("" if "password" in str(err["loc"]) else f" (got {err.get('input')!r})")
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration - {problems}") from exc
+        raise ConfigError(f"invalid configuration - {_problems(exc)}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    flat_name = {where: key for key, where in FLAT_KEYS.items()}
+    out = []
+    for err in exc.errors():
+        loc = tuple(str(x) for x in err["loc"])
+        name = flat_name.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        where = name or ".".join(loc) or "config"
+        shown = "" if "password" in where else f" (got {err.get('input')!r})"
+        if name is None and len(loc) <= 1:
+            shown = ""  # a rule across fields: the message names both values
+        out.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(out)
+
+
+def flat_default(key: str) -> Any:
+    """The default of the setting with flat name ``key``.
+
+    Example:
+        >>> flat_default("gate_min_events"), flat_default("batch_size")
+        (2000, 16)
+    """
+    section, name = _check_key(key, "setting")
+    model = FeedstepConfig.model_fields[section].annotation
+    return model.model_fields[name].default  # type: ignore[union-attr]

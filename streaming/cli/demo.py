@@ -21,7 +21,6 @@ from streaming.cli.wiring import (
     build_governor,
     build_learner,
     install_signals,
-    pipeline_settings,
     serve_metrics,
     starting_model,
     summary_line,
@@ -61,19 +60,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitors.decision import GateDecision
     from monitors.metrics import Metrics
     from monitors.server import HealthState
-    from streaming.runtime.pipeline import Pipeline
+    from streaming.runtime.pipeline import Pipeline, PipelineSettings
     from streaming.testing import MemorySink, MemorySource
     from streaming.testing.simulate import SimulatedFeedback
 
     config = demo_config(args)
     print(settings_line(config, made_store=args.store is None), flush=True)
-    gen = SimulatedFeedback(seed=config.seed, noise=args.noise)
+    gen = SimulatedFeedback(seed=config.learner.seed, noise=args.noise)
     payloads: list[bytes] = list(gen.payloads(args.events))
     # A few records a real stream also has: a malformed payload and a redelivered event.
     if args.events >= 20:
         payloads.insert(len(payloads) // 3, b'{"event_id": "broken", "ts": "not a time"}')
         payloads.insert(2 * len(payloads) // 3, payloads[5])
-    source = MemorySource(payloads, topic=config.topic)
+    source = MemorySource(payloads, topic=config.kafka.topic)
     dead_letters, updates = MemorySink(), MemorySink()
     model_name, _ = starting_model(config)  # --store DIR with a LIVE version: start from it
     learner = build_learner(config, model_name)
@@ -101,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         metrics,
         # batches close by count only, so that a seed gives the same batches and steps on
         # every machine (a close by max_wait_ms depends on the machine's speed)
-        dataclasses.replace(pipeline_settings(config), max_wait_ms=1e9),
+        dataclasses.replace(PipelineSettings.from_config(config), max_wait_ms=1e9),
         health,
         on_progress=on_progress,
         governor=governor,
@@ -117,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     last = pipeline.prequential.snapshot()
     print(summary_line(summary))
     print(
-        f"last {min(last.events, config.prequential_window)} events: prequential accuracy "
+        f"last {min(last.events, config.metrics.prequential_window)} events: prequential accuracy "
         f"baseline={last.baseline_accuracy:.3f} candidate={last.candidate_accuracy:.3f}; "
         f"loss baseline={last.baseline_loss:.3f} candidate={last.candidate_loss:.3f}"
     )
@@ -138,7 +137,7 @@ def demo_config(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in FLAGS}
     overrides.update(topic="demo-feedback", publish=True)
-    given = load_config(args.config, overrides).model_fields_set  # a bad config fails here
+    given = load_config(args.config, overrides).given()  # a bad config fails here
     for key, value in DEMO_DEFAULTS.items():
         if key not in given:
             overrides[key] = value
@@ -148,13 +147,12 @@ def demo_config(args: argparse.Namespace) -> Any:
 
 def settings_line(config: Any, made_store: bool) -> str:
     """One line: the settings that differ from ``feedstep run``'s defaults, and why."""
-    from streaming.config import FeedstepConfig
+    from streaming.config import flat_default as run_default
 
-    def run_default(key: str) -> Any:
-        return FeedstepConfig.model_fields[key].default
+    settings = config.flat()
 
     def shown(key: str, demo: Any) -> str:
-        value = getattr(config, key)
+        value = settings[key]
         yours = "" if value == demo else f"; demo: {demo:g}"
         return f"{key}={value:g} (run: {run_default(key):g}{yours})"
 
@@ -163,7 +161,7 @@ def settings_line(config: Any, made_store: bool) -> str:
         "demo settings (a smaller gate, a shorter drift quiet period, a larger step and shorter "
         "texts than `feedstep run`'s defaults, so that a promotion fits in a short stream): "
         + " ".join(shown(key, demo) for key, demo in DEMO_DEFAULTS.items())
-        + f"; publishing to {store} {config.store}, kept after the demo "
+        + f"; publishing to {store} {config.promotion.store}, kept after the demo "
         f"(run: {run_default('store')})"
     )
 

@@ -66,7 +66,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         messages = ((r.key, r.value, list(r.headers), r.timestamp_ms) for r in records)
     else:
         messages = _plain_messages(path, args.key_field)
-    sink = KafkaSink(config, ordered=True)
+    sink = KafkaSink(config.kafka, ordered=True)
     progress = Progress(None, f"produced to {args.topic}")
     sent = 0
     try:

@@ -53,7 +53,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise FeedstepError(f"--out {str(out)!r}: folder {str(out.parent)!r} does not exist")
-    source = TopicRangeSource(config, args.topic, **range_options(args))
+    source = TopicRangeSource(config.kafka, args.topic, **range_options(args))
     tmp = out.with_name(f".{out.name}.part")
     progress = Progress(source.total or None, f"recorded from {args.topic}")
     written = 0

@@ -13,7 +13,6 @@ from streaming.cli.wiring import (
     build_governor,
     build_learner,
     install_signals,
-    pipeline_settings,
     starting_model,
 )
 
@@ -33,7 +32,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         open_replay_source,
         write_report,
     )
-    from streaming.runtime.pipeline import Pipeline
+    from streaming.runtime.pipeline import Pipeline, PipelineSettings
 
     overrides = {
         key: getattr(args, key)
@@ -54,7 +53,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     }
     overrides["publish"] = False  # a replay is a dry run, whatever the config file says
     config = load_config(args.config, overrides)
-    model_name = starting_model(config)[0] if args.store else config.model
+    model_name = starting_model(config)[0] if args.store else config.learner.model
     # The source first: a wrong SOURCE or range fails before minutes of model loading.
     replay = open_replay_source(args.source, config, **range_options(args))
     try:
@@ -66,9 +65,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         dead_letters = DiscardSink()
         progress = Progress(replay.total, "replayed")
         settings = dataclasses.replace(
-            pipeline_settings(config),
+            PipelineSettings.from_config(config),
             max_wait_ms=1e9,  # batches close by count only: a replay reads as fast as it can
-            stop_when_idle_s=config.stop_when_idle_s or 60.0,  # a topic range that stalls ends
+            stop_when_idle_s=config.run.stop_when_idle_s or 60.0,  # a topic range that stalls ends
         )
         pipeline: Pipeline
 

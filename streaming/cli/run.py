@@ -11,7 +11,6 @@ from streaming.cli.wiring import (
     build_governor,
     build_learner,
     install_signals,
-    pipeline_settings,
     serve_metrics,
     starting_model,
     summary_line,
@@ -26,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitors.server import HealthState
     from streaming.config import load_config
     from streaming.kafka import KafkaSink, KafkaSource
-    from streaming.runtime.pipeline import Pipeline
+    from streaming.runtime.pipeline import Pipeline, PipelineSettings
 
     overrides = {
         key: getattr(args, key)
@@ -50,42 +49,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     model_name, live_version = starting_model(config)  # a broken store fails before any I/O
     metrics, health = Metrics(), HealthState()
     health.set_ready(False, "loading model")
-    server = serve_metrics(metrics, health, config.metrics_port, config.metrics_host)
+    server = serve_metrics(metrics, health, config.metrics.port, config.metrics.host)
     try:
         learner = build_learner(config, model_name)
         metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
         metrics.parameters.labels(kind="total").set(learner.total_parameters)
         metrics.model_info.info(
             {
-                "model": config.model if live_version is None else "store",
+                "model": config.learner.model if live_version is None else "store",
                 "version": "" if live_version is None else str(live_version),
-                "objective": config.objective,
+                "objective": config.learner.objective,
                 "device": str(learner.device),
             }
         )
         health.set_ready(False, "connecting to Kafka")
-        source = KafkaSource(config)
-        sink = KafkaSink(config)
+        source = KafkaSource(config.kafka)
+        sink = KafkaSink(config.kafka)
         log.info(
             "consuming %s as group %s from %s; rejects go to %s",
-            config.topic,
-            config.group_id,
-            config.bootstrap_servers,
-            config.dlq_topic,
+            config.kafka.topic,
+            config.kafka.group_id,
+            config.kafka.bootstrap_servers,
+            config.kafka.dlq_topic,
         )
         governor = build_governor(config, learner, sink, metrics)
         checkpoints = None
-        if config.checkpoint_every_steps > 0:
+        if config.checkpoints.every_steps > 0:
             from learner.checkpoint import CheckpointManager
 
-            directory = config.checkpoint_dir or str(Path(config.store) / "checkpoints")
-            checkpoints = CheckpointManager(directory, keep=config.checkpoint_keep)
+            directory = config.checkpoints.dir or str(Path(config.promotion.store) / "checkpoints")
+            checkpoints = CheckpointManager(directory, keep=config.checkpoints.keep)
         pipeline = Pipeline(
             source,
             sink,
             learner,
             metrics,
-            pipeline_settings(config),
+            PipelineSettings.from_config(config),
             health,
             governor=governor,
             checkpoints=checkpoints,

@@ -26,7 +26,7 @@ def _open_store(args: argparse.Namespace) -> Any:
     from learner.store import ModelStore
     from streaming.config import load_config
 
-    root = args.store or load_config(args.config).store
+    root = args.store or load_config(args.config).promotion.store
     return ModelStore(root, create=False)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streaming.config import FeedstepConfig
 from streaming.errors import FeedstepError
 
 log = logging.getLogger("feedstep")
@@ -31,59 +32,43 @@ def setup_logging(verbose: bool) -> None:
         pass
 
 
-def build_learner(config: Any, model_name: str | None = None) -> Any:
-    """The learner the configuration asks for, from ``model_name`` (default: ``config.model``)."""
+def build_learner(config: FeedstepConfig, model_name: str | None = None) -> Any:
+    """The learner of the ``learner`` and ``step`` sections (``model_name``: another model)."""
     from learner.models import ModelSpec, build_causal_lm, build_reward_model, select_device
     from learner.objectives import CAUSAL_LM, OBJECTIVES
     from learner.step import Learner, StepConfig
 
-    device = select_device(config.device)
-    spec = ModelSpec(model_name or config.model, seed=config.seed)
-    options: dict[str, Any] = {"max_length": config.max_length}
-    if config.objective in CAUSAL_LM:
+    device = select_device(config.learner.device)
+    spec = ModelSpec(model_name or config.learner.model, seed=config.learner.seed)
+    options: dict[str, Any] = {"max_length": config.learner.max_length}
+    if config.learner.objective in CAUSAL_LM:
         model, tokenizer = build_causal_lm(spec)
-        if config.objective in ("kto", "dpo"):
-            options["beta"] = config.beta
-        if config.objective == "kto":
-            options["desirable_weight"] = config.kto_desirable_weight
-            options["undesirable_weight"] = config.kto_undesirable_weight
+        if config.learner.objective in ("kto", "dpo"):
+            options["beta"] = config.learner.beta
+        if config.learner.objective == "kto":
+            options["desirable_weight"] = config.learner.kto_desirable_weight
+            options["undesirable_weight"] = config.learner.kto_undesirable_weight
     else:
         model, tokenizer = build_reward_model(spec)
     learner = Learner(
         model,
-        OBJECTIVES[config.objective](tokenizer, **options),  # type: ignore[call-arg]
-        StepConfig(
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            l2sp_weight=config.l2sp_weight,
-            ewc_weight=config.ewc_weight,
-            ewc_decay=config.ewc_decay,
-            max_grad_norm=config.max_grad_norm,
-            max_update_norm=config.max_update_norm,
-            warmup_steps=config.warmup_steps,
-            cosine_decay_steps=config.cosine_decay_steps,
-            min_lr=config.min_lr,
-            trainable=config.trainable,
-            lora_r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_target_modules=tuple(config.lora_target_modules or ()),
-            compile=config.compile,
-        ),
+        OBJECTIVES[config.learner.objective](tokenizer, **options),  # type: ignore[call-arg]
+        StepConfig(**config.step.model_dump()),
         device=device,
     )
     log.info(
         "model=%s objective=%s device=%s trainable=%s parameters: %d trainable of %d",
-        model_name or config.model,
-        config.objective,
+        model_name or config.learner.model,
+        config.learner.objective,
         device,
-        config.trainable,
+        config.step.trainable,
         learner.trainable_parameters,
         learner.total_parameters,
     )
     return learner
 
 
-def starting_model(config: Any) -> tuple[str, int | None]:
+def starting_model(config: FeedstepConfig) -> tuple[str, int | None]:
     """The model ``run`` starts from: the store's LIVE version when there is one, else --model.
 
     Returns the model name for :class:`learner.models.ModelSpec` and the live version (or None).
@@ -91,20 +76,29 @@ def starting_model(config: Any) -> tuple[str, int | None]:
     """
     from learner.store import ModelStore
 
-    root = Path(config.store)
+    root = Path(config.promotion.store)
     if not root.is_dir():
-        log.info("model store %s does not exist yet; starting from --model %s", root, config.model)
-        return config.model, None
+        log.info(
+            "model store %s does not exist yet; starting from --model %s",
+            root,
+            config.learner.model,
+        )
+        return config.learner.model, None
     store = ModelStore(root, create=False)
     live = store.live()
     if live is None:
-        log.info("model store %s has no LIVE version; starting from --model %s", root, config.model)
-        return config.model, None
-    want = "reward_model" if config.objective == "reward" else "pretrained"
+        log.info(
+            "model store %s has no LIVE version; starting from --model %s",
+            root,
+            config.learner.model,
+        )
+        return config.learner.model, None
+    want = "reward_model" if config.learner.objective == "reward" else "pretrained"
     if live.model_type != want:
         raise FeedstepError(
             f"LIVE version {live.version} of {str(root)!r} is a {live.model_type!r} model, but the "
-            f"{config.objective!r} objective trains a {want!r} model; point --store elsewhere"
+            f"{config.learner.objective!r} objective trains a {want!r} model; point --store "
+            "elsewhere"
         )
     report = store.verify(live.version)
     if not report.ok:
@@ -118,12 +112,12 @@ def starting_model(config: Any) -> tuple[str, int | None]:
         live.version,
         root,
         live.created_at,
-        config.model,
+        config.learner.model,
     )
     return str(live.path), live.version
 
 
-def build_governor(config: Any, learner: Any, sink: Any, metrics: Any) -> Any:
+def build_governor(config: FeedstepConfig, learner: Any, sink: Any, metrics: Any) -> Any:
     """Drift monitors, the gate and the rollback watch, publishing to the store and Kafka."""
     from learner.store import ModelStore
     from monitors.gate import GateConfig
@@ -131,38 +125,31 @@ def build_governor(config: Any, learner: Any, sink: Any, metrics: Any) -> Any:
     from monitors.rollback import RollbackConfig
     from streaming.promotion.governor import GovernanceSettings, Governor, load_holdout
 
+    promotion = config.promotion
     gate = GateConfig(
-        min_events=config.gate_min_events,
-        min_effect=config.gate_min_effect,
-        alpha=config.gate_alpha,
-        holdout_tolerance=config.holdout_tolerance,
-        holdout_required=config.holdout_file is not None,
-        drift_quiet_events=config.drift_quiet_events,
-        max_param_distance=config.max_param_distance,
-        promql=tuple(PromQLCheck(**check) for check in config.promql_checks),
-        prometheus_url=config.prometheus_url,
+        **config.gate.model_dump(exclude={"promql_checks"}),
+        holdout_required=promotion.holdout_file is not None,
+        promql=tuple(PromQLCheck(**check) for check in config.gate.promql_checks),
     )
     settings = GovernanceSettings(
         gate=gate,
-        rollback=RollbackConfig(
-            alpha=config.rollback_alpha, watch_events=config.rollback_watch_events
-        ),
-        drift_detector=config.drift_detector,
-        updates_topic=config.updates_topic,
-        publish=config.publish,
-        webhook_url=config.webhook_url,
-        holdout_every_steps=config.holdout_every_steps,
+        rollback=RollbackConfig(**config.rollback.model_dump()),
+        **promotion.model_dump(exclude={"store", "holdout_file"}),
     )
-    holdout = load_holdout(config.holdout_file, learner.objective) if config.holdout_file else None
-    store = ModelStore(config.store) if config.publish else None
+    holdout = (
+        load_holdout(config.promotion.holdout_file, learner.objective)
+        if config.promotion.holdout_file
+        else None
+    )
+    store = ModelStore(config.promotion.store) if config.promotion.publish else None
     governor = Governor(
         learner,
         store,
-        sink if config.publish else None,
+        sink if config.promotion.publish else None,
         metrics,
         settings,
         holdout=holdout,
-        objective=config.objective,
+        objective=config.learner.objective,
     )
     governor.ensure_initial_version(learner.objective.tokenizer)
     log.info(
@@ -170,36 +157,12 @@ def build_governor(config: Any, learner: Any, sink: Any, metrics: Any) -> Any:
         gate.min_events,
         gate.alpha,
         gate.min_effect,
-        config.holdout_file or "none",
-        config.publish,
-        config.store,
-        config.updates_topic,
+        config.promotion.holdout_file or "none",
+        config.promotion.publish,
+        config.promotion.store,
+        config.promotion.updates_topic,
     )
     return governor
-
-
-def pipeline_settings(config: Any) -> Any:
-    """The run loop's settings from the configuration."""
-    from streaming.events import DecodeLimits
-    from streaming.runtime.pipeline import PipelineSettings
-
-    return PipelineSettings(
-        batch_size=config.batch_size,
-        max_wait_ms=config.max_wait_ms,
-        dead_letter_topic=config.dlq_topic,
-        dedup_window=config.dedup_window,
-        dedup_prime_records=config.dedup_prime_records,
-        limits=DecodeLimits(
-            max_text_chars=config.max_text_chars, max_event_bytes=config.max_event_bytes
-        ),
-        prequential_window=config.prequential_window,
-        stop_after_events=config.stop_after_events,
-        stop_when_idle_s=config.stop_when_idle_s,
-        log_every_s=config.log_every_s,
-        checkpoint_every_steps=max(1, config.checkpoint_every_steps),
-        checkpoint_every_s=config.checkpoint_every_s,
-        shutdown_timeout_s=config.shutdown_timeout_s,
-    )
 
 
 def serve_metrics(metrics: Any, health: Any, port: int, host: str) -> Any:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from streaming.config import FeedstepConfig
+from streaming.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 
-def client_options(config: FeedstepConfig) -> dict[str, Any]:
+def client_options(config: KafkaConfig) -> dict[str, Any]:
     """Connection and security settings shared by consumers, producers and admin clients."""
     opts: dict[str, Any] = {
         "bootstrap_servers": config.bootstrap_servers.split(","),

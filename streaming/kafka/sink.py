@@ -10,7 +10,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from streaming.base import Sink
-from streaming.config import FeedstepConfig
+from streaming.config import KafkaConfig
 from streaming.errors import BrokerUnavailable, SinkUnavailable
 from streaming.kafka.client import client_options
 
@@ -33,7 +33,7 @@ class KafkaSink(Sink):
         >>> sink.flush()  # doctest: +SKIP
     """
 
-    def __init__(self, config: FeedstepConfig, *, ordered: bool = False) -> None:
+    def __init__(self, config: KafkaConfig, *, ordered: bool = False) -> None:
         # ordered: one request in flight per broker, so a retry can never overtake a later
         # message (``feedstep produce`` keeps each key's order this way).
         extra: dict[str, Any] = {"max_in_flight_requests_per_connection": 1} if ordered else {}

@@ -20,7 +20,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
-from streaming.config import FeedstepConfig
+from streaming.config import KafkaConfig
 from streaming.errors import BrokerUnavailable, CommitRejected
 from streaming.kafka.client import client_options, warn_if_slow_crc
 
@@ -83,13 +83,14 @@ class KafkaSource(Source):
     """A feedback topic read by a consumer-group member with manual commits.
 
     Example:
-        >>> source = KafkaSource(load_config(overrides={"topic": "feedback"}))  # doctest: +SKIP
+        >>> config = load_config(overrides={"topic": "feedback"})  # doctest: +SKIP
+        >>> source = KafkaSource(config.kafka)  # doctest: +SKIP
         >>> records = source.poll(timeout_s=1.0)  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        config: FeedstepConfig,
+        config: KafkaConfig,
         on_revoke: Callable[[list[TP]], None] | None = None,
         on_assign: Callable[[list[TP]], None] | None = None,
     ) -> None:

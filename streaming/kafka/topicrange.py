@@ -24,7 +24,7 @@ from kafka.structs import TopicPartition
 
 from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
-from streaming.config import FeedstepConfig
+from streaming.config import KafkaConfig
 from streaming.errors import BrokerUnavailable, FeedstepError, SourceError
 from streaming.kafka.source import client_options, to_record
 
@@ -67,7 +67,7 @@ class TopicRangeSource(Source):
 
     def __init__(
         self,
-        config: FeedstepConfig,
+        config: KafkaConfig,
         topic: str,
         *,
         partitions: Sequence[int] | None = None,

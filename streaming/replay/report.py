@@ -76,7 +76,7 @@ def open_replay_source(
         from streaming.kafka.topicrange import TopicRangeSource
 
         source = TopicRangeSource(
-            config,
+            config.kafka,
             topic,
             partitions=partitions,
             from_offset=from_offset,
@@ -86,7 +86,7 @@ def open_replay_source(
         description = {
             "kind": "kafka",
             "topic": topic,
-            "bootstrap_servers": config.bootstrap_servers,
+            "bootstrap_servers": config.kafka.bootstrap_servers,
             "ranges": [
                 {"partition": r.partition, "start_offset": r.start, "end_offset": r.end}
                 for r in source.ranges
@@ -229,7 +229,7 @@ def build_report(
     snap = pipeline.prequential.snapshot()
     settings = {  # the password is a secret; inf (no cap) is written as the string "inf"
         key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in config.model_dump(mode="json", exclude={"sasl_plain_password"}).items()
+        for key, value in config.flat().items()
     }
     return {
         "format": REPORT_FORMAT,
@@ -258,7 +258,7 @@ def build_report(
                 "candidate_accuracy": _num(summary.candidate_accuracy),
             },
             "last_window": {
-                "events": min(snap.events, config.prequential_window),
+                "events": min(snap.events, config.metrics.prequential_window),
                 "baseline_loss": _num(snap.baseline_loss),
                 "candidate_loss": _num(snap.candidate_loss),
                 "baseline_accuracy": _num(snap.baseline_accuracy),

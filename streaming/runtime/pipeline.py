@@ -49,6 +49,7 @@ from monitors.metrics import Metrics
 from monitors.prequential import PairedPrequential
 from monitors.server import HealthState
 from streaming.base import Record, Sink, Source, TopicPartition
+from streaming.config import FeedstepConfig
 from streaming.errors import PipelineError
 from streaming.events import DecodeLimits
 from streaming.ingest.ingestor import Batch, Ingestor
@@ -88,6 +89,31 @@ class PipelineSettings:
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
     gc_freeze: bool = True
+
+    @classmethod
+    def from_config(cls, config: FeedstepConfig) -> PipelineSettings:
+        """The loop's settings from the configuration's sections.
+
+        ``checkpoint_every_steps = 0`` (no checkpoints at all) still counts as 1 here.
+        """
+        ingest, run = config.ingest, config.run
+        return cls(
+            batch_size=ingest.batch_size,
+            max_wait_ms=ingest.max_wait_ms,
+            dead_letter_topic=config.kafka.dlq_topic,
+            dedup_window=ingest.dedup_window,
+            dedup_prime_records=ingest.dedup_prime_records,
+            limits=DecodeLimits(
+                max_text_chars=ingest.max_text_chars, max_event_bytes=ingest.max_event_bytes
+            ),
+            prequential_window=config.metrics.prequential_window,
+            stop_after_events=run.stop_after_events,
+            stop_when_idle_s=run.stop_when_idle_s,
+            log_every_s=run.log_every_s,
+            checkpoint_every_steps=max(1, config.checkpoints.every_steps),
+            checkpoint_every_s=config.checkpoints.every_s,
+            shutdown_timeout_s=run.shutdown_timeout_s,
+        )
 
 
 class Pipeline:

@@ -44,7 +44,7 @@ def _config(bootstrap: str, topic: str, group: str | None = None, **extra):
             **extra,
         },
         environ={},
-    )
+    ).kafka
 
 
 def _poll_until(source, want: int, timeout_s: float = 60.0, out=None):
@@ -221,7 +221,7 @@ def test_no_broker_is_broker_unavailable():
         environ={},
     )
     with pytest.raises(BrokerUnavailable, match="no Kafka broker answers"):
-        KafkaSource(config)
+        KafkaSource(config.kafka)
 
 
 def _free_port() -> int:

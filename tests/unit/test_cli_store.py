@@ -134,7 +134,7 @@ def test_run_starts_from_the_live_version(store, tiny_parts, objective):
     config = load_config(
         overrides={"store": str(store.root), "model": "tiny", "device": "cpu"}, environ={}
     )
-    assert config.store == str(store.root)
+    assert config.promotion.store == str(store.root)
     name, version = starting_model(config)
     assert version == 2 and name == str(store.path(2))
     learner = build_learner(config, name)
@@ -154,7 +154,7 @@ def test_run_falls_back_to_the_model_flag_without_a_live_version(tmp_path, caplo
     ModelStore(tmp_path / "empty")
     config = load_config(overrides={"store": str(tmp_path / "empty"), "model": "tiny"}, environ={})
     assert starting_model(config) == ("tiny", None)
-    assert load_config(environ={}).store == "./feedstep-store"
+    assert load_config(environ={}).promotion.store == "./feedstep-store"
 
 
 def test_run_refuses_a_corrupt_live_version_before_touching_kafka(store, capsys):

@@ -10,15 +10,20 @@ def test_precedence_file_then_env_then_flags(tmp_path):
     cfg.write_text('topic = "from-file"\nbatch_size = 4\nlr = 0.001\n')
     env = {"FEEDSTEP_BATCH_SIZE": "8", "FEEDSTEP_GROUP_ID": "env-group"}
     c = load_config(cfg, {"lr": 0.5, "topic": None}, environ=env)
-    assert (c.topic, c.batch_size, c.group_id, c.lr) == ("from-file", 8, "env-group", 0.5)
-    assert c.dlq_topic == "from-file.dlq"
+    assert (c.kafka.topic, c.ingest.batch_size, c.kafka.group_id, c.step.lr) == (
+        "from-file",
+        8,
+        "env-group",
+        0.5,
+    )
+    assert c.kafka.dlq_topic == "from-file.dlq"
 
 
 def test_yaml_file_and_config_env_var(tmp_path):
     cfg = tmp_path / "f.yaml"
     cfg.write_text("feedstep:\n  topic: yaml-topic\n  max_wait_ms: 5\n")
     c = load_config(environ={"FEEDSTEP_CONFIG": str(cfg)})
-    assert c.topic == "yaml-topic" and c.max_wait_ms == 5
+    assert c.kafka.topic == "yaml-topic" and c.ingest.max_wait_ms == 5
 
 
 def test_unknown_file_key_is_named(tmp_path):
@@ -53,7 +58,7 @@ def test_password_is_secret_and_not_echoed():
         environ={},
     )
     assert "hunter2" not in repr(c)
-    assert c.sasl_plain_password.get_secret_value() == "hunter2"
+    assert c.kafka.sasl_plain_password.get_secret_value() == "hunter2"
 
 
 def test_cli_exits_2_with_the_reason_on_bad_config(tmp_path, capsys):
@@ -75,3 +80,58 @@ def test_a_removed_key_says_it_was_removed_wherever_it_is_set(tmp_path, key):
         load_config(environ={f"FEEDSTEP_{key.upper()}": "1"})
     with pytest.raises(ConfigError, match=f"'{key}' was removed"):
         load_config(overrides={key: 1}, environ={})
+
+
+def test_a_file_may_use_sections_or_flat_names_and_both_mean_the_same(tmp_path):
+    flat = tmp_path / "flat.toml"
+    flat.write_text(
+        "gate_min_events = 50\ncheckpoint_every_steps = 7\nmetrics_port = 0\nlr = 0.1\n"
+    )
+    nested = tmp_path / "nested.toml"
+    nested.write_text(
+        "[gate]\nmin_events = 50\n[checkpoints]\nevery_steps = 7\n[metrics]\nport = 0\n"
+        "[step]\nlr = 0.1\n"
+    )
+    a, b = load_config(flat, environ={}), load_config(nested, environ={})
+    assert a == b
+    assert (a.gate.min_events, a.checkpoints.every_steps, a.metrics.port, a.step.lr) == (
+        50,
+        7,
+        0,
+        0.1,
+    )
+    assert a.given() == {"gate_min_events", "checkpoint_every_steps", "metrics_port", "lr"}
+    env = load_config(environ={"FEEDSTEP_GATE_MIN_EVENTS": "60"})  # flat env names keep working
+    assert env.gate.min_events == 60
+
+
+def test_an_unknown_key_inside_a_section_names_the_section_and_its_keys(tmp_path):
+    cfg = tmp_path / "f.toml"
+    cfg.write_text("[gate]\nmin_evnts = 3\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'min_evnts' in section \[gate\].*min_events"
+    ):
+        load_config(cfg, environ={})
+
+
+def test_every_flat_name_is_unique_and_reaches_its_section():
+    from streaming.config import FLAT_KEYS, FeedstepConfig, flat_default
+
+    sections = FeedstepConfig.model_fields
+    fields = [(s, n) for s, info in sections.items() for n in info.annotation.model_fields]
+    assert sorted(FLAT_KEYS.values()) == sorted(fields)  # one flat name per field, no clash
+    assert flat_default("gate_min_events") == 2000 and flat_default("metrics_port") == 9108
+    flat = load_config(environ={}).flat()
+    assert "sasl_plain_password" not in flat and flat["batch_size"] == 16
+
+
+def test_sections_are_handed_whole_to_the_parts_that_own_them():
+    from learner.step import StepConfig
+    from monitors.gate import GateConfig
+    from streaming.runtime.pipeline import PipelineSettings
+
+    c = load_config(overrides={"lr": 0.5, "gate_alpha": 0.01, "batch_size": 4}, environ={})
+    assert StepConfig(**c.step.model_dump()).lr == 0.5
+    assert GateConfig(**c.gate.model_dump(exclude={"promql_checks"})).alpha == 0.01
+    settings = PipelineSettings.from_config(c)
+    assert (settings.batch_size, settings.dead_letter_topic) == (4, "feedback.dlq")
