@@ -16,6 +16,7 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.future import Future
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from streaming.base import Record, Source
@@ -113,6 +114,8 @@ class KafkaSource(Source):
                 f"no Kafka broker answers at {config.bootstrap_servers}; start one "
                 "(deploy/local/kafka.sh start) or fix --bootstrap-servers"
             ) from exc
+        self._wake_partition = TopicPartition(config.topic, 0)
+        self._connected_at = (0.0, True)  # (when checked, connected)
         self._consumer.subscribe([config.topic], listener=_Listener(self))
         try:  # know the topic's partitions before joining, or the first assignment is empty
             self._consumer.partitions_for_topic(config.topic)
@@ -149,26 +152,33 @@ class KafkaSource(Source):
         self.on_assign = on_assign
 
     async def _in_worker(self, work: Callable[[], None]) -> None:
-        """Run ``work`` in a thread; wait for it without blocking the client's IO loop."""
-        errors: list[BaseException] = []
+        """Run ``work`` in a thread; wait for it without blocking the client's IO loop.
+
+        The listener awaits a ``kafka.future.Future`` that the worker resolves. kafka-python
+        resumes a task whose future was resolved from another thread only when its IO loop next
+        wakes up, so the worker then makes one cheap request through the consumer's public API
+        (the end offset of partition 0), which wakes the loop at once.
+        """
+        done = Future()
 
         def target() -> None:
             try:
                 work()
             except BaseException as exc:  # noqa: BLE001 - re-raised below, on the IO thread
-                errors.append(exc)
+                done.failure(exc)
+            else:
+                done.success(None)
+            try:
+                self._consumer.end_offsets([self._wake_partition], timeout_ms=5_000)
+            except Exception as exc:  # noqa: BLE001 - only a wake-up: the loop may be closing
+                log.debug("wake-up request after the rebalance work failed: %s", exc)
 
-        thread = threading.Thread(target=target, name="feedstep-rebalance", daemon=True)
-        thread.start()
-        sleep = getattr(getattr(self._consumer._coordinator, "_net", None), "sleep", None)
-        while thread.is_alive():
-            if sleep is None:  # pragma: no cover - older client: no loop to keep going
-                thread.join()
-                break
-            await sleep(0.02)
-        if errors:
-            log.error("rebalance work failed: %s", errors[0])
-            raise errors[0]
+        threading.Thread(target=target, name="feedstep-rebalance", daemon=True).start()
+        try:
+            await done
+        except BaseException as exc:
+            log.error("rebalance work failed: %s", exc)
+            raise
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         """Commit next-offsets synchronously, waiting at most 10 s.
@@ -251,16 +261,17 @@ class KafkaSource(Source):
         return bool(self._consumer.assignment())
 
     def connected(self) -> bool:
-        """True while a broker connection is up and the group coordinator is known."""
-        try:
-            client = self._consumer._client
-            nodes = [
-                getattr(b, "node_id", getattr(b, "nodeId", None)) for b in client.cluster.brokers()
-            ]
-            up = any(client.connected(n) for n in nodes if n is not None)
-            return bool(up) and not self._consumer._coordinator.coordinator_unknown()
-        except Exception:  # noqa: BLE001 - private API changed: do not claim an outage
-            return True
+        """False while the client has no broker connection (``connection-count`` is 0).
+
+        Read from the consumer's public metrics at most twice a second.
+        """
+        checked, up = self._connected_at
+        now = time.monotonic()
+        if now - checked >= 0.5:
+            count = self._consumer.metrics().get("consumer-metrics", {}).get("connection-count")
+            up = count is None or count > 0  # a client without the metric: claim no outage
+            self._connected_at = (now, up)
+        return up
 
     def position(self) -> dict[TP, int]:
         """Next offset to read per assigned partition."""
