@@ -1,10 +1,13 @@
-"""Connection settings shared by every Kafka client feedstep makes, and the CRC check."""
+"""What every Kafka client feedstep makes shares: connection settings, records, the CRC check."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from kafka.structs import TopicPartition
+
+from streaming.base import Record
 from streaming.config import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -50,3 +53,16 @@ def warn_if_slow_crc() -> bool:
         )
     _crc_checked = True
     return fast
+
+
+def to_record(tp: TopicPartition, r: Any) -> Record:
+    """A kafka-python ``ConsumerRecord`` of ``tp`` as feedstep's :class:`Record`."""
+    return Record(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=r.offset,
+        key=r.key,
+        value=r.value,
+        timestamp_ms=r.timestamp,
+        headers=tuple((k, v or b"") for k, v in (r.headers or ())),
+    )

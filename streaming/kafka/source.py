@@ -23,22 +23,10 @@ from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import KafkaConfig
 from streaming.errors import BrokerUnavailable, CommitRejected
-from streaming.kafka.client import client_options, warn_if_slow_crc
+from streaming.kafka.client import client_options, to_record, warn_if_slow_crc
+from streaming.kafka.topicrange import read_before
 
 log = logging.getLogger(__name__)
-
-
-def to_record(tp: TopicPartition, r: Any) -> Record:
-    """A kafka-python ``ConsumerRecord`` of ``tp`` as feedstep's :class:`Record`."""
-    return Record(
-        topic=tp.topic,
-        partition=tp.partition,
-        offset=r.offset,
-        key=r.key,
-        value=r.value,
-        timestamp_ms=r.timestamp,
-        headers=tuple((k, v or b"") for k, v in (r.headers or ())),
-    )
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -334,39 +322,14 @@ class KafkaSource(Source):
     def read_back(self, tp: TP, count: int, timeout_s: float = 10.0) -> list[bytes | None]:
         """Values of up to ``count`` records just before where ``tp`` started being read.
 
-        Read with a separate, group-less consumer (nothing is committed or consumed for the
-        group). Used to prime the de-duplication window of a partition taken over from another
-        member. Empty when the partition started at its beginning or the broker does not answer.
+        Used to prime the de-duplication window of a partition taken over from another member
+        (see :func:`~streaming.kafka.topicrange.read_before`). Empty when the partition started
+        at its beginning or the broker does not answer.
         """
         before = self._starts.get(tp)
         if before is None or before <= 0 or count <= 0:
             return []
-        ktp = TopicPartition(*tp)
-        reader = None
-        out: list[bytes | None] = []
-        try:
-            reader = KafkaConsumer(
-                group_id=None,
-                enable_auto_commit=False,
-                max_poll_records=min(count, 2000),
-                **client_options(self._config),
-            )
-            reader.assign([ktp])
-            begin = reader.beginning_offsets([ktp], timeout_ms=int(timeout_s * 1000))[ktp]
-            start = max(begin, before - count)
-            if start >= before:
-                return []
-            reader.seek(ktp, start)
-            deadline = time.monotonic() + timeout_s
-            while reader.position(ktp) < before and time.monotonic() < deadline:
-                for records in reader.poll(timeout_ms=200).values():
-                    out.extend(r.value for r in records if r.offset < before)
-        except KafkaError as exc:
-            log.warning("%s[%d]: could not read back recent records: %s", tp[0], tp[1], exc)
-        finally:
-            if reader is not None:
-                reader.close(autocommit=False)
-        return out
+        return read_before(self._config, tp, before, count, timeout_s)
 
     def _committed_offset(self, tp: TopicPartition) -> int | None:
         try:

@@ -14,6 +14,7 @@ range is fixed when the source is created:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from streaming.base import Record, Source
 from streaming.base import TopicPartition as TP
 from streaming.config import KafkaConfig
 from streaming.errors import BrokerUnavailable, FeedstepError, SourceError
-from streaming.kafka.source import client_options, to_record
+from streaming.kafka.client import client_options, to_record
 
 log = logging.getLogger(__name__)
 
@@ -296,3 +297,39 @@ class TopicRangeSource(Source):
     def close(self) -> None:
         """Close the consumer (there is no group to leave, nothing to commit)."""
         self._consumer.close(autocommit=False)
+
+
+def read_before(
+    config: KafkaConfig, tp: tuple[str, int], before: int, count: int, timeout_s: float = 10.0
+) -> list[bytes | None]:
+    """Values of up to ``count`` records of ``tp`` just before offset ``before``.
+
+    Read with a separate, group-less consumer (``assign()``: nothing is committed or consumed
+    for any group). Empty when the broker does not answer (logged) or nothing is retained there.
+    """
+    ktp = TopicPartition(*tp)
+    reader = None
+    out: list[bytes | None] = []
+    try:
+        reader = KafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            max_poll_records=min(count, 2000),
+            **client_options(config),
+        )
+        reader.assign([ktp])
+        begin = reader.beginning_offsets([ktp], timeout_ms=int(timeout_s * 1000))[ktp]
+        start = max(begin, before - count)
+        if start >= before:
+            return []
+        reader.seek(ktp, start)
+        deadline = time.monotonic() + timeout_s
+        while reader.position(ktp) < before and time.monotonic() < deadline:
+            for records in reader.poll(timeout_ms=200).values():
+                out.extend(r.value for r in records if r.offset < before)
+    except KafkaError as exc:
+        log.warning("%s[%d]: could not read back recent records: %s", tp[0], tp[1], exc)
+    finally:
+        if reader is not None:
+            reader.close(autocommit=False)
+    return out
