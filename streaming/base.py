@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-
-import msgspec
+from dataclasses import dataclass
 
 TopicPartition = tuple[str, int]
 """A ``(topic, partition)`` pair; plain tuples keep the learner and monitors free of Kafka types."""
 
 
-class Record(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class Record:
     """One raw message as it came off a source (immutable).
-
-    A ``msgspec.Struct`` rather than a frozen dataclass: a source builds one per message, and
-    this costs ~0.2 µs where a frozen dataclass's ``__init__`` costs ~1.4 µs.
 
     Example:
         >>> Record(topic="feedback", partition=0, offset=7, key=None, value=b"{}").next_offset

@@ -262,8 +262,8 @@ class Pipeline:
         self._running = True
         if s.gc_freeze:
             # What is alive now (modules, model, config: ~10^5-10^6 objects with torch loaded)
-            # lives as long as the run; frozen, a full collection no longer walks it (measured:
-            # six full collections took 0.55 s of a 200,000-event run). Unfrozen at the end.
+            # lives as long as the run; frozen, full collections no longer walk it over and
+            # over. Unfrozen at the end.
             gc.freeze()
         self.stages.start()
         self.readiness.start()
