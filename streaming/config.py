@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -341,6 +342,16 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return flat
 
 
+# What Kubernetes injects for every Service of the namespace (service links): a Service named
+# "feedstep" or "feedstep-..." gives FEEDSTEP_SERVICE_HOST, FEEDSTEP_SERVICE_PORT[_<NAME>],
+# FEEDSTEP_PORT, FEEDSTEP_PORT_9108_TCP[_PROTO|_PORT|_ADDR], FEEDSTEP_X_SERVICE_HOST, ...
+_SERVICE_LINK = re.compile(
+    r"FEEDSTEP_(?:[A-Z0-9_]+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_PROTO|_PORT|_ADDR)?)?)"
+)
+_SERVICE_LINK_VALUE = re.compile(r"(?:tcp|udp|sctp)://\S+")
+
+
 def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in environ.items():
@@ -349,6 +360,15 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
         key = name[len(ENV_PREFIX) :].lower()
         if key in _REMOVED:
             _check_key(key, f"environment variable {name}")
+        if key in FLAT_KEYS and _SERVICE_LINK_VALUE.fullmatch(value):
+            raise ConfigError(
+                f"environment variable {name}={value!r} looks like a Kubernetes service link "
+                f"(a Service named like feedstep-{key.rsplit('_', 1)[0].replace('_', '-')}), "
+                f"not a value for {key!r}; set enableServiceLinks: false in the pod spec or "
+                "rename the Service"
+            )
+        if key not in FLAT_KEYS and _SERVICE_LINK.fullmatch(name):
+            continue  # injected by Kubernetes for a Service, not meant for feedstep
         if key not in FLAT_KEYS:
             raise ConfigError(
                 f"unknown environment variable {name}; feedstep reads FEEDSTEP_<KEY> for the keys "

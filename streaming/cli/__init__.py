@@ -17,15 +17,15 @@ import sys
 from collections.abc import Sequence
 
 from learner.store import StoreError
+from streaming.cli.logs import setup_logging
 from streaming.cli.parser import build_parser
-from streaming.cli.wiring import setup_logging
 from streaming.errors import FeedstepError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``feedstep`` console script."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
     try:
         return int(args.func(args))
     except (FeedstepError, StoreError, ValueError, FileNotFoundError) as exc:

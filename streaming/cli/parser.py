@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
         "micro-batch, Prometheus metrics out.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per line (time, level, logger, message, fields) for collectors",
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
 
     demo = sub.add_parser(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,6 @@ from streaming.config import FeedstepConfig
 from streaming.errors import FeedstepError
 
 log = logging.getLogger("feedstep")
-
-
-def setup_logging(verbose: bool) -> None:
-    """Log to stderr, INFO (DEBUG with ``--verbose``); never user text."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("kafka", "transformers", "urllib3", "filelock", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def build_learner(config: FeedstepConfig, model_name: str | None = None) -> Any:

@@ -83,6 +83,20 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
+K8S_SERVICE_LINKS = {
+    "FEEDSTEP_SERVICE_HOST": "10.96.0.12",
+    "FEEDSTEP_SERVICE_PORT": "9108",
+    "FEEDSTEP_SERVICE_PORT_METRICS": "9108",
+    "FEEDSTEP_PORT": "tcp://10.96.0.12:9108",
+    "FEEDSTEP_PORT_9108_TCP": "tcp://10.96.0.12:9108",
+    "FEEDSTEP_PORT_9108_TCP_PROTO": "tcp",
+    "FEEDSTEP_PORT_9108_TCP_PORT": "9108",
+    "FEEDSTEP_PORT_9108_TCP_ADDR": "10.96.0.12",
+    "FEEDSTEP_TRAINER_SERVICE_HOST": "10.96.0.13",
+    "FEEDSTEP_TRAINER_PORT_9108_TCP": "tcp://10.96.0.13:9108",
+}
+
+
 def test_run_consumes_everything_dead_letters_rejects_and_commits(
     kafka_bootstrap, topic_name, tmp_path
 ):
@@ -111,6 +125,7 @@ def test_run_consumes_everything_dead_letters_rejects_and_commits(
 
     group = f"g-{topic_name}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.update(K8S_SERVICE_LINKS)  # as in a namespace with Services "feedstep", "feedstep-trainer"
     proc = subprocess.Popen(
         [
             *run_argv(kafka_bootstrap, topic_name, group),

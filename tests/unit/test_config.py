@@ -135,3 +135,25 @@ def test_sections_are_handed_whole_to_the_parts_that_own_them():
     assert GateConfig(**c.gate.model_dump(exclude={"promql_checks"})).alpha == 0.01
     settings = PipelineSettings.from_config(c)
     assert (settings.batch_size, settings.dead_letter_topic) == (4, "feedback.dlq")
+
+
+def test_kubernetes_service_links_are_ignored_and_real_keys_still_checked():
+    links = {
+        "FEEDSTEP_SERVICE_HOST": "10.96.0.12",
+        "FEEDSTEP_SERVICE_PORT": "9108",
+        "FEEDSTEP_SERVICE_PORT_METRICS": "9108",
+        "FEEDSTEP_PORT": "tcp://10.96.0.12:9108",
+        "FEEDSTEP_PORT_9108_TCP": "tcp://10.96.0.12:9108",
+        "FEEDSTEP_PORT_9108_TCP_PROTO": "tcp",
+        "FEEDSTEP_PORT_9108_TCP_PORT": "9108",
+        "FEEDSTEP_PORT_9108_TCP_ADDR": "10.96.0.12",
+        "FEEDSTEP_TRAINER_SERVICE_HOST": "10.96.0.13",
+        "FEEDSTEP_TRAINER_PORT_9108_UDP_PROTO": "udp",
+    }
+    c = load_config(environ={**links, "FEEDSTEP_BATCH_SIZE": "8", "FEEDSTEP_METRICS_PORT": "9200"})
+    assert (c.ingest.batch_size, c.metrics.port) == (8, 9200)
+    with pytest.raises(ConfigError, match="unknown environment variable FEEDSTEP_BATCHSIZE"):
+        load_config(environ={**links, "FEEDSTEP_BATCHSIZE": "8"})
+    # a Service named feedstep-metrics injects FEEDSTEP_METRICS_PORT=tcp://...: say what it is
+    with pytest.raises(ConfigError, match="service link.*enableServiceLinks: false"):
+        load_config(environ={"FEEDSTEP_METRICS_PORT": "tcp://10.96.0.14:9108"})
