@@ -186,7 +186,7 @@ class Ledger:
         """Record one applied segment: its offset ranges and what it held.
 
         ``digest``, when given, is the sum of the trained ids' :func:`id_hash` terms, known
-        already (the pipeline sums them as it reads, some computed in the fetcher process);
+        already (the ingestor sums them as it reads);
         otherwise it is computed here.
         """
         ids = trained_ids if isinstance(trained_ids, (list, tuple)) else list(trained_ids)
