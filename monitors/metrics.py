@@ -35,6 +35,8 @@ GATE_CHECKS = ("min_events", "sequential_test", "holdout", "drift_quiet", "param
 """The gate's built-in checks; PromQL checks add ``promql_<name>`` (names come from config)."""
 PROMOTION_REASONS = ("gate", "manual")
 ROLLBACK_REASONS = ("degradation", "drift", "manual")
+SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
+"""Why the learner's guard skips a step; created at 0 so rate() sees the first skip."""
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -329,6 +331,8 @@ class Metrics:
             self.promotions.labels(reason=reason)
         for reason in ROLLBACK_REASONS:
             self.rollbacks.labels(reason=reason)
+        for reason in SKIP_REASONS:
+            self.skipped_steps.labels(reason=reason)
         for check in GATE_CHECKS:
             self.gate_check.labels(check=check).set(math.nan)
         self.gate_events.set(0)

@@ -94,6 +94,8 @@ class Ingestor:
         self.features = features
         self.on_dead_letter = on_dead_letter
         self.on_give_up = on_give_up
+        for reason in RejectReason:  # at 0 from the start, so rate() sees the first one
+            metrics.dead_letter.labels(reason=reason.value)
         self.batcher: MicroBatcher[Item] = MicroBatcher(batch_size, max_wait_ms)
         self.dedup = Deduplicator(dedup_window)
         self.segment = Segment()  # read since the last batch closed

@@ -181,3 +181,16 @@ def test_a_final_batch_too_small_for_kto_is_not_committed():
     ).run()
     assert summary.trained_examples == 8
     assert source.committed() == {("feedback", 0): 8}  # the last 2 will be read again
+
+
+def test_labelled_counters_exist_at_zero_before_their_first_event():
+    # rate() and increase() miss a series' first increment unless the series existed before it
+    from streaming.events import RejectReason
+    from streaming.testing import NullLearner
+
+    metrics = Metrics()
+    Pipeline(MemorySource([]), MemorySink(), NullLearner(), metrics)  # type: ignore[arg-type]
+    text = metrics.render().decode()
+    for reason in RejectReason:
+        assert f'feedstep_dead_letter_total{{reason="{reason.value}"}} 0.0' in text
+    assert 'feedstep_skipped_steps_total{reason="non_finite_loss"} 0.0' in text
