@@ -37,6 +37,8 @@ PROMOTION_REASONS = ("gate", "manual")
 ROLLBACK_REASONS = ("degradation", "drift", "manual")
 SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
 """Why the learner's guard skips a step; created at 0 so rate() sees the first skip."""
+SCORE_STATUSES = (200, 400, 405, 409, 411, 413, 500, 503)
+"""Status codes ``POST /v1/score`` answers with (the ``status`` label; any other is ``other``)."""
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -319,6 +321,18 @@ class Metrics:
             "The model version serving as LIVE, and its parent.",
             registry=r,
         )
+        self.score_requests = Counter(
+            "feedstep_score_requests",
+            "POST /v1/score requests answered, by HTTP status code.",
+            ["status"],
+            registry=r,
+        )
+        self.score_duration = Histogram(
+            "feedstep_score_duration_seconds",
+            "Wall time of one POST /v1/score request: read, validate, tokenize, score, answer.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome=outcome)
         for model in MODELS:
@@ -339,6 +353,19 @@ class Metrics:
         self.gate_difference.set(math.nan)
         self.gate_statistic.set(math.nan)
         self.rollback_statistic.set(math.nan)
+
+    def observe_score(self, status: int, seconds: float) -> None:
+        """Count one ``/v1/score`` request by its status and observe how long it took.
+
+        Example:
+            >>> m = Metrics()
+            >>> m.observe_score(200, 0.01)
+            >>> b'feedstep_score_requests_total{status="200"} 1.0' in m.render()
+            True
+        """
+        label = str(status) if status in SCORE_STATUSES else "other"
+        self.score_requests.labels(status=label).inc()
+        self.score_duration.observe(seconds)
 
     def record_gate(self, decision: GateDecision) -> None:
         """Export a gate decision: each check's value, threshold and state, and the test."""

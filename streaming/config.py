@@ -8,7 +8,8 @@ The configuration is a set of sections, each handed whole to the part that owns 
 ``kafka`` (the consumer and producers), ``ingest`` (limits, de-duplication, batching),
 ``learner`` (model and objective), ``step`` (the one-step update, as
 :class:`learner.step.StepConfig`), ``checkpoints``, ``gate`` (as :class:`monitors.gate.GateConfig`),
-``rollback``, ``promotion`` (store, publishing, holdout, drift), ``metrics`` and ``run``. Every
+``rollback``, ``promotion`` (store, publishing, holdout, drift), ``metrics``, ``score`` (the
+limits of ``POST /v1/score``) and ``run``. Every
 setting also has a flat name, unique over all sections — ``batch_size``, ``gate_min_events``,
 ``checkpoint_every_steps`` — which is what ``FEEDSTEP_<NAME>`` variables, command-line flags
 and flat config files use (:data:`FLAT_KEYS`). A file may use either form::
@@ -192,6 +193,17 @@ class MetricsConfig(_Section):
     host: str = "0.0.0.0"
 
 
+class ScoreConfig(_Section):
+    """Limits of ``POST /v1/score`` on the metrics port (rewards of the LIVE model)."""
+
+    max_responses: int = Field(default=64, ge=1)
+    """Responses per request, over all items of a batch request."""
+    max_text_chars: int = Field(default=8192, ge=1)
+    """Characters per prompt or response (ingest's ``max_text_chars`` default); longer → 400."""
+    max_body_bytes: int = Field(default=1_048_576, ge=64)
+    """A longer request body is refused with 413 before it is read."""
+
+
 class RunConfig(_Section):
     """Ending a run (tests, replays), progress and shutdown."""
 
@@ -216,6 +228,7 @@ class FeedstepConfig(BaseSettings):
     rollback: RollbackSection = RollbackSection()
     promotion: PromotionConfig = PromotionConfig()
     metrics: MetricsConfig = MetricsConfig()
+    score: ScoreConfig = ScoreConfig()
     run: RunConfig = RunConfig()
 
     @classmethod
@@ -267,6 +280,9 @@ _RENAMED = {
     ("rollback", "watch_events"): "rollback_watch_events",
     ("metrics", "port"): "metrics_port",
     ("metrics", "host"): "metrics_host",
+    ("score", "max_responses"): "score_max_responses",
+    ("score", "max_text_chars"): "score_max_text_chars",
+    ("score", "max_body_bytes"): "score_max_body_bytes",
 }
 
 FLAT_KEYS: dict[str, tuple[str, str]] = {

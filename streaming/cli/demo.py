@@ -61,6 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitors.metrics import Metrics
     from monitors.server import HealthState
     from streaming.runtime.pipeline import Pipeline, PipelineSettings
+    from streaming.serve import attach_scorer
     from streaming.testing import MemorySink, MemorySource
     from streaming.testing.simulate import SimulatedFeedback
 
@@ -81,6 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     server = None
     if args.metrics_port is not None:
         server = serve_metrics(metrics, health, args.metrics_port, "127.0.0.1")
+        attach_scorer(server, config, learner, governor, metrics)
     progress = Progress(args.events, "demo events trained")
     last_gate: list[Any] = []  # the gate's latest decision, to say why it held
 

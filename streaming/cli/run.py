@@ -26,6 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streaming.config import load_config
     from streaming.kafka import KafkaSink, KafkaSource
     from streaming.runtime.pipeline import Pipeline, PipelineSettings
+    from streaming.serve import attach_scorer
 
     overrides = {
         key: getattr(args, key)
@@ -73,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.kafka.dlq_topic,
         )
         governor = build_governor(config, learner, sink, metrics)
+        attach_scorer(server, config, learner, governor, metrics)
         checkpoints = None
         if config.checkpoints.every_steps > 0:
             from learner.checkpoint import CheckpointManager

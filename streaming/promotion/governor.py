@@ -223,13 +223,14 @@ class Governor:
                 )
                 switch = self.store.promote(info.version, decision.reason, ACTOR)
                 self.learner.rebase()
+                self.live_version = info.version  # with the weights: /v1/score reads both
             new = info.version
             self._announce("promote", new, old, decision.reason, metrics, switch.to_json())
         else:
+            new = (old or 0) + 1
             with self.lock:
                 self.learner.rebase()
-            new = (old or 0) + 1
-        self.live_version = new
+                self.live_version = new
         self.metrics.promotions.labels(reason="gate").inc()
         self.metrics.set_live_version(str(new), str(old) if old is not None else None)
         self.gate.reset()
@@ -254,6 +255,7 @@ class Governor:
                 switch = self.store.rollback(decision.reason, ACTOR)
                 model, _ = load_reward_model(self.store.path(switch.to_version))
                 self.learner.reset_to(model.state_dict())
+                self.live_version = switch.to_version
             new: int | None = switch.to_version
             self._announce(
                 "rollback", switch.to_version, old, decision.reason, {}, switch.to_json()

@@ -1,0 +1,230 @@
+"""``POST /v1/score``: rewards of the LIVE model (the learner's resident baseline) for reranking.
+
+The chat service sends a prompt and its best-of-n candidate replies and gets one reward per
+reply, from the model that is LIVE at that moment, with that model's version::
+
+    {"prompt": "...", "responses": ["...", "..."]}
+        → {"version": 3, "rewards": [0.4, -1.2]}
+    {"items": [{"prompt": "...", "responses": [...]}, ...]}
+        → {"version": 3, "results": [{"rewards": [...]}, ...]}
+
+The HTTP side (body size, JSON parsing, status codes, threads) is
+:class:`monitors.server.MetricsServer`; this module validates the request, tokenizes it with
+the objective's own collate (off the lock), and runs the baseline once, under no-grad, while
+holding the learner lock. The governor holds the same lock while it switches weights at
+promotion and rollback, and sets its ``live_version`` inside it, so the version read under the
+lock is the one that scored the request: a response never names a version its rewards did not
+come from.
+
+Only the ``reward`` objective has a scalar reward; with a causal-LM objective (``kto``, ``dpo``,
+``sft``) every request is answered 409 with the reason. Error messages name fields, JSON kinds,
+counts and limits, never the request's text; nothing here logs user text.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from learner.base import Example
+from learner.step import Learner
+
+log = logging.getLogger(__name__)
+
+Answer = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreLimits:
+    """What one request may ask for (the ``score`` config section)."""
+
+    max_responses: int = 64
+    max_text_chars: int = 8192
+    max_body_bytes: int = 1_048_576
+
+
+class BadRequest(ValueError):
+    """A request the endpoint refuses; the message is safe to return (no user text)."""
+
+
+def _kind(value: object) -> str:
+    """The JSON kind of a parsed value, for messages that must not quote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class Scorer:
+    """The ``/v1/score`` handler: parsed JSON in, ``(status, body)`` out.
+
+    Args:
+        learner: the learner whose ``baseline`` is the LIVE model.
+        lock: the learner lock (``Governor.lock``), held while scoring and while weights switch.
+        version: returns the LIVE version number (``lambda: governor.live_version``); called
+            under ``lock``. None when there is no version yet (a store-less dry run).
+        limits: the request limits.
+
+    Example:
+        >>> scorer = Scorer(learner, governor.lock, lambda: governor.live_version)  # doctest: +SKIP
+        >>> scorer({"prompt": "hi", "responses": ["hello!", "go away"]})  # doctest: +SKIP
+        (200, {'version': 1, 'rewards': [0.83, -1.4]})
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        lock: threading.Lock,
+        version: Callable[[], int | None],
+        limits: ScoreLimits | None = None,
+    ) -> None:
+        self.learner = learner
+        self.lock = lock
+        self.version = version
+        self.limits = limits or ScoreLimits()
+
+    def __call__(self, request: Any) -> Answer:
+        """Answer one parsed request: 200 with rewards, 400 with the reason, or 409."""
+        objective = self.learner.objective
+        if objective.name != "reward":
+            return 409, {
+                "error": f"the {objective.name!r} objective has no scalar reward; /v1/score "
+                "serves the 'reward' objective only"
+            }
+        try:
+            items, batched = self._parse(request)
+        except BadRequest as exc:
+            return 400, {"error": str(exc)}
+        started = time.perf_counter()
+        version, rewards = self.rewards(items)
+        log.debug(
+            "scored %d responses in %d items with version %s in %.3fs",
+            sum(len(r) for _, r in items),
+            len(items),
+            version,
+            time.perf_counter() - started,
+        )
+        if batched:
+            return 200, {"version": version, "results": [{"rewards": r} for r in rewards]}
+        return 200, {"version": version, "rewards": rewards[0]}
+
+    def rewards(
+        self, items: Sequence[tuple[str, Sequence[str]]]
+    ) -> tuple[int | None, list[list[float]]]:
+        """The LIVE version and each item's rewards, scored by that version in one forward."""
+        examples = [Example(p, r, target=1.0) for p, responses in items for r in responses]
+        batch = self.learner.objective.collate(examples)  # CPU tokenizing, before the lock
+        learner = self.learner
+        with self.lock:
+            version = self.version()
+            on_device = batch.to(learner.device)
+            with (
+                torch.no_grad(),
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled=learner.device.type == "cuda"),
+            ):
+                values = learner.objective.model_values(learner.baseline, on_device)
+            flat = values.float().cpu().tolist()
+        out: list[list[float]] = []
+        start = 0
+        for _, responses in items:
+            out.append(flat[start : start + len(responses)])
+            start += len(responses)
+        return version, out
+
+    # -- validation -------------------------------------------------------------------------------
+    def _parse(self, request: Any) -> tuple[list[tuple[str, list[str]]], bool]:
+        if not isinstance(request, dict):
+            raise BadRequest(f"the body must be a JSON object, got {_kind(request)}")
+        if "items" in request:
+            if "prompt" in request or "responses" in request:
+                raise BadRequest("send either 'items' or 'prompt' with 'responses', not both")
+            raw_items = request["items"]
+            if not isinstance(raw_items, list) or not raw_items:
+                raise BadRequest(
+                    f"'items' must be a non-empty array of objects, got {_describe(raw_items)}"
+                )
+            items = [self._item(raw, f"items[{i}].") for i, raw in enumerate(raw_items)]
+            batched = True
+        else:
+            items, batched = [self._item(request, "")], False
+        total = sum(len(responses) for _, responses in items)
+        if total > self.limits.max_responses:
+            raise BadRequest(
+                f"{total} responses in the request; the limit is {self.limits.max_responses} "
+                "(score_max_responses)"
+            )
+        return items, batched
+
+    def _item(self, raw: Any, where: str) -> tuple[str, list[str]]:
+        if not isinstance(raw, dict):
+            name = where.rstrip(".")  # only items[i] can be a non-object here
+            raise BadRequest(f"'{name}' must be an object, got {_kind(raw)}")
+        for field in ("prompt", "responses"):
+            if field not in raw:
+                raise BadRequest(f"'{where}{field}' is missing")
+        prompt, responses = raw["prompt"], raw["responses"]
+        if not isinstance(prompt, str):
+            raise BadRequest(f"'{where}prompt' must be a string, got {_kind(prompt)}")
+        if not isinstance(responses, list) or not responses:
+            raise BadRequest(
+                f"'{where}responses' must be a non-empty array of strings, got "
+                f"{_describe(responses)}"
+            )
+        if len(responses) > self.limits.max_responses:  # before each one is looked at
+            raise BadRequest(
+                f"{len(responses)} responses in '{where}responses'; the limit is "
+                f"{self.limits.max_responses} (score_max_responses)"
+            )
+        self._check_length(prompt, f"{where}prompt")
+        for j, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise BadRequest(f"'{where}responses[{j}]' must be a string, got {_kind(response)}")
+            self._check_length(response, f"{where}responses[{j}]")
+        return prompt, responses
+
+    def _check_length(self, text: str, where: str) -> None:
+        if len(text) > self.limits.max_text_chars:
+            raise BadRequest(
+                f"'{where}' is {len(text)} characters; the limit is {self.limits.max_text_chars} "
+                "(score_max_text_chars)"
+            )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        return "an empty array" if not value else "an array"
+    return _kind(value)
+
+
+def attach_scorer(
+    server: Any, config: Any, learner: Learner, governor: Any, metrics: Any
+) -> Scorer:
+    """Serve ``POST /v1/score`` on ``server`` (a :class:`monitors.server.MetricsServer`).
+
+    ``config`` is the :class:`streaming.config.FeedstepConfig` (its ``score`` section), the lock
+    and the LIVE version are the governor's, and every request is counted in ``metrics``.
+    """
+    section = config.score
+    limits = ScoreLimits(section.max_responses, section.max_text_chars, section.max_body_bytes)
+    scorer = Scorer(learner, governor.lock, lambda: governor.live_version, limits)
+    server.set_score(scorer, max_body_bytes=limits.max_body_bytes, observe=metrics.observe_score)
+    log.info(
+        "POST /v1/score on port %d: rewards of the LIVE model (%d responses, %d chars at most)",
+        server.port,
+        limits.max_responses,
+        limits.max_text_chars,
+    )
+    return scorer
