@@ -113,7 +113,7 @@ def test_every_query_reads_only_metrics_feedstep_exports():
 
 def test_latency_panels_take_quantiles_of_histogram_buckets():
     by_title = {p["title"]: p for p in panels(load())}
-    for title in ("Step duration", "Feedback-to-update latency"):
+    for title in ("Step duration", "Feedback-to-update latency", "Score latency"):
         for target in by_title[title]["targets"]:
             assert re.match(r"histogram_quantile\(0\.\d+, sum by \(le\) \(rate\(", target["expr"])
             assert "_seconds_bucket{" in target["expr"]
@@ -136,6 +136,8 @@ def test_the_panels_issue_15_asks_for_are_there():
         "Gate test statistic against its threshold": "feedstep_gate_check_threshold",
         "Gate check states": "feedstep_gate_check_state",
         "Drift alarms": "feedstep_drift_alarms_total",
+        "Score requests by status": "feedstep_score_requests_total",
+        "Score latency": "feedstep_score_duration_seconds_bucket",
     }
     for title, metric in wanted.items():
         assert metric in text.get(title, ""), title

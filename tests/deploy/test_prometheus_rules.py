@@ -125,6 +125,8 @@ def test_the_alerts_issue_15_asks_for_are_there():
         "FeedstepRolledBack",
         "FeedstepBrokerDisconnected",
         "FeedstepNotReady",
+        "FeedstepScoreErrors",  # 5xx share of POST /v1/score
+        "FeedstepScoreSlow",  # p99 of POST /v1/score latency
     }
 
 

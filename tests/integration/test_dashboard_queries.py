@@ -7,7 +7,8 @@ annotation query and sends it to the Prometheus HTTP API of deploy/local/prometh
 the time range of the run. The stream is built so that every panel has something to show:
 valid feedback (steps, latencies, prequential windows, the gate), malformed records (dead
 letters), re-sent events (duplicates), events whose weight overflows float32 (skipped steps),
-a learnable first half (a promotion) and an inverted second half (drift alarms and a rollback).
+a learnable first half (a promotion) and an inverted second half (drift alarms and a rollback),
+and a few POST /v1/score requests, good and malformed (the score endpoint's panels).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ PARTITIONS = 3
 LEARNABLE, INVERTED = 600, 600
 OVERFLOWING = (100, 250, 400)  # indices whose weight (1e300) is inf as float32: skipped steps
 RESENT = 5  # events sent twice: duplicates
+SCORED = 10  # good POST /v1/score requests (answered 200)
+MALFORMED_SCORE = (b"not json", b'{"prompt": "hi", "responses": "not a list"}')  # 400 each
 
 
 def _invert(event: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +70,21 @@ def _scrape(port: int) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values
+
+
+def _post_score(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST a body to the sidecar's /v1/score: (HTTP status, the JSON answer)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/score",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def _total(metrics: dict[str, float], name: str) -> float:
@@ -222,6 +240,25 @@ def test_every_dashboard_query_returns_data_from_a_real_run(
             60,
             log_tail,
         )
+        # The score endpoint answers 503 until the model is attached: wait for a 200, then
+        # send the rest of the good requests and the malformed ones (the score panels).
+        good = json.dumps({"prompt": "How do I reset it?", "responses": ["Hold it.", "No."]})
+
+        def scored() -> bool:
+            status, answer = _post_score(port, good.encode())
+            assert status in (200, 503), (status, answer)
+            if status == 200:
+                assert len(answer["rewards"]) == 2, answer
+            return status == 200
+
+        _wait("the score endpoint to answer 200", scored, 60, log_tail)
+        for _ in range(SCORED - 1):
+            status, answer = _post_score(port, good.encode())
+            assert status == 200 and len(answer["rewards"]) == 2, (status, answer)
+        for body in MALFORMED_SCORE:
+            status, answer = _post_score(port, body)
+            assert status == 400, (status, answer)
+
         events = list(SimulatedFeedback(seed=11).events(LEARNABLE + INVERTED))
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
 
@@ -274,6 +311,8 @@ def test_every_dashboard_query_returns_data_from_a_real_run(
         )
         assert metrics['feedstep_events_total{outcome="duplicate"}'] == RESENT
         assert _total(metrics, "feedstep_dead_letter_total") == 2 * len(MALFORMED)
+        assert metrics['feedstep_score_requests_total{status="200"}'] == SCORED
+        assert metrics['feedstep_score_requests_total{status="400"}'] == len(MALFORMED_SCORE)
         # Prometheus has the final state, and a few scrapes after it for the rate windows.
         _wait(
             "Prometheus to scrape the final state",
