@@ -132,6 +132,21 @@ def _missing(name: str, context: str) -> Rejection:
     )
 
 
+def _required_text(
+    obj: dict[str, Any], name: str, max_chars: int, truncated: list[str]
+) -> str | Rejection:
+    """A required string field, cut to ``max_chars`` (its name then goes in ``truncated``)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING:
+        return _missing(name, "")
+    if type(value) is not str:
+        return _wrong_type(name, "a string", value)
+    if len(value) > max_chars:
+        truncated.append(name)
+        return value[:max_chars]
+    return value
+
+
 _THUMBS: Final = {1: Feedback("thumb", value=1), -1: Feedback("thumb", value=-1)}
 _RATINGS: Final = {v: Feedback("rating", value=v) for v in range(1, 6)}
 
@@ -243,23 +258,12 @@ def _decode_object(obj: dict[str, Any], limits: DecodeLimits) -> FeedbackEvent |
         )
 
     truncated: list[str] = []
-    prompt = get("prompt", _MISSING)
-    if prompt is _MISSING:
-        return _missing("prompt", "")
-    if type(prompt) is not str:
-        return _wrong_type("prompt", "a string", prompt)
-    if len(prompt) > max_chars:
-        prompt = prompt[:max_chars]
-        truncated.append("prompt")
-
-    response = get("response", _MISSING)
-    if response is _MISSING:
-        return _missing("response", "")
-    if type(response) is not str:
-        return _wrong_type("response", "a string", response)
-    if len(response) > max_chars:
-        response = response[:max_chars]
-        truncated.append("response")
+    prompt = _required_text(obj, "prompt", max_chars, truncated)
+    if isinstance(prompt, Rejection):
+        return prompt
+    response = _required_text(obj, "response", max_chars, truncated)
+    if isinstance(response, Rejection):
+        return response
 
     fb = get("feedback", _MISSING)
     if fb is _MISSING:

@@ -200,6 +200,17 @@ def sidecar_config(
     return write_config(path, **values)
 
 
+def scrape_metrics(port: int) -> dict[str, float]:
+    """Every ``feedstep_*`` sample of a sidecar's /metrics, by its name and labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("feedstep_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
 def run_argv(bootstrap: str, topic: str, group: str) -> list[str]:
     """The start of a ``feedstep run`` command line against ``topic`` as ``group``."""
     return [sys.executable, "-m", "streaming.cli", "run", "--bootstrap-servers", bootstrap,

@@ -34,7 +34,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from streaming.testing.simulate import SimulatedFeedback
-from tests.integration.faultlib import MALFORMED, run_argv
+from tests.integration.faultlib import MALFORMED, run_argv, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -60,16 +60,6 @@ def _invert(event: dict[str, Any]) -> dict[str, Any]:
         feedback["chosen"], feedback["rejected"] = feedback["rejected"], feedback["chosen"]
         event["response"] = feedback["chosen"]
     return event
-
-
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("feedstep_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 def _post_score(port: int, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -279,7 +269,7 @@ def test_every_dashboard_query_returns_data_from_a_real_run(
         def sidecar_has(condition) -> bool:
             nonlocal metrics
             assert proc.poll() is None, log_tail()
-            metrics = _scrape(port)
+            metrics = scrape_metrics(port)
             return condition(metrics)
 
         _wait(

@@ -18,7 +18,7 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from streaming.testing.simulate import SimulatedFeedback
-from tests.integration.faultlib import run_argv
+from tests.integration.faultlib import run_argv, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -71,16 +71,6 @@ MALFORMED = [
         }
     ).encode(),  # bad value
 ]
-
-
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("feedstep_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    return values
 
 
 K8S_SERVICE_LINKS = {
@@ -169,7 +159,7 @@ def test_run_consumes_everything_dead_letters_rejects_and_commits(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             assert proc.poll() is None, "".join(log_lines)
-            metrics = _scrape(port)
+            metrics = scrape_metrics(port)
             lags = [
                 v for k, v in metrics.items() if k.startswith("feedstep_consumer_lag_messages{")
             ]
