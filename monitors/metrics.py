@@ -39,6 +39,11 @@ SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
 """Why the learner's guard skips a step; created at 0 so rate() sees the first skip."""
 SCORE_STATUSES = (200, 400, 405, 409, 411, 413, 500, 503)
 """Status codes ``POST /v1/score`` answers with (the ``status`` label; any other is ``other``)."""
+SWITCH_TRIGGERS = ("start", "poll", "update")
+"""What made a follower switch versions: its first load, a read of LIVE, a model-updates message."""
+LOAD_FAILURES = ("missing", "unsupported", "corrupt", "error")
+"""Why a follower refused a LIVE version: not in the store (yet), a kind or model type it does not
+serve, files that fail their sha256, or a load or check that failed."""
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -115,7 +120,58 @@ class _BatchHistogram(Histogram):
                 bucket.inc(count)
 
 
-class Metrics:
+class _Serving:
+    """The metrics of ``POST /v1/score`` and of the LIVE version, shared by trainer and follower.
+
+    Both kinds of process serve the same endpoint, so they export it under the same names;
+    each declares everything else it exports in its own class below.
+    """
+
+    registry: CollectorRegistry
+
+    def _declare_serving(self) -> None:
+        r = self.registry
+        self.live_version = Info(
+            "feedstep_live_version",
+            "The model version serving as LIVE, and its parent.",
+            registry=r,
+        )
+        self.score_requests = Counter(
+            "feedstep_score_requests",
+            "POST /v1/score requests answered, by HTTP status code.",
+            ["status"],
+            registry=r,
+        )
+        self.score_duration = Histogram(
+            "feedstep_score_duration_seconds",
+            "Wall time of one POST /v1/score request: read, validate, tokenize, score, answer.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+
+    def observe_score(self, status: int, seconds: float) -> None:
+        """Count one ``/v1/score`` request by its status and observe how long it took.
+
+        Example:
+            >>> m = Metrics()
+            >>> m.observe_score(200, 0.01)
+            >>> b'feedstep_score_requests_total{status="200"} 1.0' in m.render()
+            True
+        """
+        label = str(status) if status in SCORE_STATUSES else "other"
+        self.score_requests.labels(status=label).inc()
+        self.score_duration.observe(seconds)
+
+    def set_live_version(self, version: str, previous: str | None = None) -> None:
+        """Set the LIVE version info metric (one series; its labels change on a switch)."""
+        self.live_version.info({"version": version, "previous": previous or ""})
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class Metrics(_Serving):
     """The metric set of one feedstep process.
 
     Example:
@@ -316,23 +372,7 @@ class Metrics:
             "Log likelihood ratio of the rollback watch's degradation test (NaN: not watching).",
             registry=r,
         )
-        self.live_version = Info(
-            "feedstep_live_version",
-            "The model version serving as LIVE, and its parent.",
-            registry=r,
-        )
-        self.score_requests = Counter(
-            "feedstep_score_requests",
-            "POST /v1/score requests answered, by HTTP status code.",
-            ["status"],
-            registry=r,
-        )
-        self.score_duration = Histogram(
-            "feedstep_score_duration_seconds",
-            "Wall time of one POST /v1/score request: read, validate, tokenize, score, answer.",
-            buckets=_STEP_BUCKETS,
-            registry=r,
-        )
+        self._declare_serving()
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome=outcome)
         for model in MODELS:
@@ -354,19 +394,6 @@ class Metrics:
         self.gate_statistic.set(math.nan)
         self.rollback_statistic.set(math.nan)
 
-    def observe_score(self, status: int, seconds: float) -> None:
-        """Count one ``/v1/score`` request by its status and observe how long it took.
-
-        Example:
-            >>> m = Metrics()
-            >>> m.observe_score(200, 0.01)
-            >>> b'feedstep_score_requests_total{status="200"} 1.0' in m.render()
-            True
-        """
-        label = str(status) if status in SCORE_STATUSES else "other"
-        self.score_requests.labels(status=label).inc()
-        self.score_duration.observe(seconds)
-
     def record_gate(self, decision: GateDecision) -> None:
         """Export a gate decision: each check's value, threshold and state, and the test."""
         self.gate_decisions.labels(action=decision.action).inc()
@@ -385,13 +412,60 @@ class Metrics:
         """Export the rollback watch's test statistic (counting rollbacks is the caller's)."""
         self.rollback_statistic.set(decision.test_statistic)
 
-    def set_live_version(self, version: str, previous: str | None = None) -> None:
-        """Set the LIVE version info metric (one series; its labels change on a switch)."""
-        self.live_version.info({"version": version, "previous": previous or ""})
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text exposition format."""
-        return generate_latest(self.registry)
+class FollowerMetrics(_Serving):
+    """The metric set of a follower (``feedstep serve``): scoring and version switches only.
+
+    A follower trains nothing, so it exports none of the trainer's step, gate or consumer
+    metrics: a dashboard or alert on those never mistakes a follower for a stalled trainer.
+
+    Example:
+        >>> m = FollowerMetrics()
+        >>> m.switched(3, 2, "update")
+        >>> b'feedstep_follower_switches_total{trigger="update"} 1.0' in m.render()
+        True
+        >>> b"feedstep_follower_live_version 3.0" in m.render()
+        True
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self._declare_serving()
+        self.follower_version = Gauge(
+            "feedstep_follower_live_version",
+            "The store version this follower serves (NaN until it serves one).",
+            registry=r,
+        )
+        self.follower_switches = Counter(
+            "feedstep_follower_switches",
+            "Switches to another store version, by trigger (start, poll, update).",
+            ["trigger"],
+            registry=r,
+        )
+        self.follower_load_failures = Counter(
+            "feedstep_follower_load_failures",
+            "LIVE versions refused (the old one kept serving), by reason (missing, unsupported, "
+            "corrupt, error).",
+            ["reason"],
+            registry=r,
+        )
+        self.follower_update_messages = Counter(
+            "feedstep_follower_update_messages",
+            "Messages read from the model-updates topic (each makes the follower read LIVE).",
+            registry=r,
+        )
+        self.follower_version.set(math.nan)
+        for trigger in SWITCH_TRIGGERS:
+            self.follower_switches.labels(trigger=trigger)
+        for reason in LOAD_FAILURES:
+            self.follower_load_failures.labels(reason=reason)
+
+    def switched(self, version: int, previous: int | None, trigger: str) -> None:
+        """Record a switch to ``version`` (from ``previous``), caused by ``trigger``."""
+        self.follower_version.set(version)
+        self.follower_switches.labels(trigger=trigger).inc()
+        self.set_live_version(str(version), None if previous is None else str(previous))
 
 
 def _or_nan(value: float | None) -> float:

@@ -9,10 +9,10 @@ The configuration is a set of sections, each handed whole to the part that owns 
 ``learner`` (model and objective), ``step`` (the one-step update, as
 :class:`learner.step.StepConfig`), ``checkpoints``, ``gate`` (as :class:`monitors.gate.GateConfig`),
 ``rollback``, ``promotion`` (store, publishing, holdout, drift), ``metrics``, ``score`` (the
-limits of ``POST /v1/score``) and ``run``. Every
-setting also has a flat name, unique over all sections — ``batch_size``, ``gate_min_events``,
-``checkpoint_every_steps`` — which is what ``FEEDSTEP_<NAME>`` variables, command-line flags
-and flat config files use (:data:`FLAT_KEYS`). A file may use either form::
+limits of ``POST /v1/score``), ``follow`` (how ``feedstep serve`` follows the store) and
+``run``. Every setting also has a flat name, unique over all sections — ``batch_size``,
+``gate_min_events``, ``checkpoint_every_steps`` — which is what ``FEEDSTEP_<NAME>`` variables,
+command-line flags and flat config files use (:data:`FLAT_KEYS`). A file may use either form::
 
     batch_size = 32                 # flat
     [gate]
@@ -204,6 +204,15 @@ class ScoreConfig(_Section):
     """A longer request body is refused with 413 before it is read."""
 
 
+class FollowConfig(_Section):
+    """``feedstep serve``: how a follower notices that the store's LIVE version changed."""
+
+    poll_s: float = Field(default=2.0, gt=0)
+    """Read the store's LIVE file this often; a model-updates message makes it read at once."""
+    updates: bool = True
+    """Also tail ``updates_topic`` (group-less, from its end). False: poll LIVE only, no Kafka."""
+
+
 class RunConfig(_Section):
     """Ending a run (tests, replays), progress and shutdown."""
 
@@ -229,6 +238,7 @@ class FeedstepConfig(BaseSettings):
     promotion: PromotionConfig = PromotionConfig()
     metrics: MetricsConfig = MetricsConfig()
     score: ScoreConfig = ScoreConfig()
+    follow: FollowConfig = FollowConfig()
     run: RunConfig = RunConfig()
 
     @classmethod
@@ -283,6 +293,8 @@ _RENAMED = {
     ("score", "max_responses"): "score_max_responses",
     ("score", "max_text_chars"): "score_max_text_chars",
     ("score", "max_body_bytes"): "score_max_body_bytes",
+    ("follow", "poll_s"): "follow_poll_s",
+    ("follow", "updates"): "follow_updates",
 }
 
 FLAT_KEYS: dict[str, tuple[str, str]] = {

@@ -1,8 +1,9 @@
 """The ``feedstep`` command line.
 
-Verbs: ``demo``, ``run`` and ``produce`` run and feed the sidecar; ``record`` dumps a topic range
-to JSONL and ``replay`` runs the pipeline over a recording as a dry run with a report;
-``status``, ``promote`` and ``rollback`` read and switch the model store (:mod:`learner.store`).
+Verbs: ``demo``, ``run`` and ``produce`` run and feed the sidecar; ``serve`` is a follower that
+serves the model store's LIVE version and trains nothing; ``record`` dumps a topic range to JSONL
+and ``replay`` runs the pipeline over a recording as a dry run with a report; ``status``,
+``promote`` and ``rollback`` read and switch the model store (:mod:`learner.store`).
 
 One module per verb (``streaming/cli/<verb>.py``), the parser in :mod:`streaming.cli.parser`,
 the wiring of the parts from the configuration in :mod:`streaming.cli.wiring`.

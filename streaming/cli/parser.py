@@ -10,6 +10,7 @@ from streaming.cli.produce import cmd_produce
 from streaming.cli.record import cmd_record
 from streaming.cli.replay import cmd_replay
 from streaming.cli.run import cmd_run
+from streaming.cli.serve import cmd_serve
 from streaming.cli.store import cmd_promote, cmd_rollback, cmd_status
 
 log = logging.getLogger("feedstep")
@@ -79,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when there is one (default ./feedstep-store)",
     )
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="a follower: serve POST /v1/score from the model store's LIVE version, train nothing",
+    )
+    serve.add_argument(
+        "--store",
+        default=None,
+        help="the model store the trainer publishes into (shared, may be read-only; default "
+        "./feedstep-store)",
+    )
+    serve.add_argument("--config", default=None, help="TOML or YAML config file ($FEEDSTEP_CONFIG)")
+    serve.add_argument("--bootstrap-servers", default=None, help="host:port[,host:port]")
+    serve.add_argument(
+        "--updates-topic", default=None, help="model-updates topic (default feedstep.model-updates)"
+    )
+    serve.add_argument(
+        "--follow-poll-s", type=float, default=None, help="read the store's LIVE every S s (2)"
+    )
+    serve.add_argument("--metrics-port", type=int, default=None, help="default 9108; 0 = any free")
+    serve.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    serve.set_defaults(func=cmd_serve)
 
     produce = sub.add_parser(
         "produce", help="write events or a recording (JSONL) to a topic, keyed, paced"

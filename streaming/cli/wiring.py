@@ -155,11 +155,17 @@ def serve_metrics(metrics: Any, health: Any, port: int, host: str) -> Any:
     return server
 
 
-def install_signals(pipeline: Any) -> None:
-    """SIGTERM and SIGINT ask the pipeline to stop (finish the step, checkpoint, commit)."""
+def install_signals(
+    pipeline: Any, doing: str = "finishing the step in flight, committing, leaving"
+) -> None:
+    """SIGTERM and SIGINT ask the pipeline (or anything with ``stop()``) to stop.
+
+    ``doing`` is what the log line says happens next (the pipeline finishes the step,
+    checkpoints and commits; a follower finishes a load in progress).
+    """
 
     def handler(signum: int, _frame: Any) -> None:
-        log.info("signal %d: finishing the step in flight, committing, leaving", signum)
+        log.info("signal %d: %s", signum, doing)
         pipeline.stop()
 
     signal.signal(signal.SIGTERM, handler)

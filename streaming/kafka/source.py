@@ -28,6 +28,10 @@ from streaming.kafka.topicrange import read_before
 
 log = logging.getLogger(__name__)
 
+# One poll while a rebalance is under way: long enough for a JoinGroup/SyncGroup round on a
+# loaded machine, short enough that the loop is back soon after the assignment on a quiet topic.
+_REBALANCE_POLL_MS = 1000
+
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     """Runs the source's rebalance work in a worker thread while the client's IO loop waits.
@@ -42,6 +46,8 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
         self._source = source
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # kafka-python calls this before every join, the first one included (with no partitions)
+        self._source._rebalancing = True
         tps = [(tp.topic, tp.partition) for tp in revoked]
         log.info("partitions revoked: %s", tps)
         hook = self._source.on_revoke
@@ -51,10 +57,13 @@ class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         tps = [(tp.topic, tp.partition) for tp in assigned]
         log.info("partitions assigned: %s", tps)
-        await self._source._in_worker(lambda: self._source._seek_assigned(list(assigned)))
-        hook = self._source.on_assign
-        if hook is not None and tps:
-            hook(tps)
+        try:
+            await self._source._in_worker(lambda: self._source._seek_assigned(list(assigned)))
+            hook = self._source.on_assign
+            if hook is not None and tps:
+                hook(tps)
+        finally:
+            self._source._rebalancing = False
 
 
 def _kafka_offsets(offsets: Mapping[TP, int]) -> dict[TopicPartition, OffsetAndMetadata]:
@@ -115,6 +124,8 @@ class KafkaSource(Source):
         # the commit sent by commit_nowait: (offsets, future, answered, answer due by)
         self._pending_commit: tuple[dict[TP, int], Any, threading.Event, float] | None = None
         self._config = config
+        self._rebalancing = False  # from a revoke (or the first join) until the assignment
+        self._paused = False
         self._starts: dict[TP, int] = {}  # where each assigned partition started
         self._committed: dict[TP, int] = {}
         self._pending_seeks: dict[TP, int] = {}
@@ -122,9 +133,23 @@ class KafkaSource(Source):
         self._end_checked = 0.0
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
-        """Records from the assigned partitions, in offset order per partition."""
+        """Records from the assigned partitions, in offset order per partition.
+
+        A rebalance that starts in this call is awaited here until the group has assigned
+        partitions (at most the rebalance timeout, ``max_poll_interval_ms``), however short
+        ``timeout_s`` is: kafka-python (3.0.x) takes the outcome of a JoinGroup/SyncGroup round
+        only in a ``poll`` that is waiting for it when it completes. Once a ``poll`` has given
+        up waiting, a round that completes before the next one is thrown away and a new
+        JoinGroup sent, which starts another rebalance for the whole group: with short polls
+        (a 100 ms batch deadline) and a slow revoke, members rejoined over and over and
+        commits failed in between. Polls back to back, each long enough for a round, leave
+        only microseconds between them.
+        """
         started = time.monotonic()
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        give_up = started + self._config.max_poll_interval_ms / 1000
+        while not batches and self._rebalancing and time.monotonic() < give_up:
+            batches = self._consumer.poll(timeout_ms=_REBALANCE_POLL_MS, max_records=max_records)
         if not batches and not self._consumer.assignment():
             # the client returns at once while nothing is assigned: wait out the timeout here
             time.sleep(max(0.0, min(0.1, timeout_s - (time.monotonic() - started))))
@@ -237,16 +262,21 @@ class KafkaSource(Source):
         return True
 
     def pause(self) -> None:
-        """Stop fetching from every assigned partition; :meth:`poll` keeps the membership."""
+        """Stop fetching from every assigned partition; :meth:`poll` keeps the membership.
+
+        Partitions assigned while paused (a rebalance during backpressure) start paused too.
+        """
         self._consumer.pause(*self._consumer.assignment())
+        self._paused = True
 
     def resume(self) -> None:
         """Fetch again from every paused partition."""
         self._consumer.resume(*self._consumer.paused())
+        self._paused = False
 
     def has_assignment(self) -> bool:
-        """True once the group has assigned this member at least one partition."""
-        return bool(self._consumer.assignment())
+        """True while the group has assigned this member partitions (False during a rebalance)."""
+        return bool(self._consumer.assignment()) and not self._rebalancing
 
     def connected(self) -> bool:
         """False while the client has no broker connection (``connection-count`` is 0).
@@ -288,6 +318,8 @@ class KafkaSource(Source):
         the events in between (this one lost the partition after its checkpoint); reading them
         again would apply them twice, so the committed offset wins then, and the log says so.
         """
+        if self._paused:  # partitions assigned during backpressure start paused too
+            self._consumer.pause(*assigned)
         for tp in assigned:
             off = self._pending_seeks.pop((tp.topic, tp.partition), None)
             committed = self._committed_offset(tp)

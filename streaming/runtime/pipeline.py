@@ -280,6 +280,7 @@ class Pipeline:
                 now = time.monotonic()
                 if records or self._busy() or not self.source.has_assignment():
                     last_data = now  # not idle while work is pending or the group is assigning
+                last_data = max(last_data, self.rebalance.assigned_at)  # a rebalance is no idle
                 if records:
                     self.stages.ready.extend(self.ingestor.ingest(records))
                 due = self.ingestor.due()

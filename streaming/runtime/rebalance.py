@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from monitors.metrics import Metrics
@@ -53,6 +54,7 @@ class RebalanceHandler:
         self.running = running
         self.prime_records = prime_records
         self._owned_before: set[TopicPartition] = set()  # partitions held before the rebalance
+        self.assigned_at = 0.0  # monotonic time of the last assignment (the idle clock restarts)
 
     def on_revoke(self, revoked: list[TopicPartition]) -> None:
         """Finish the step in flight, checkpoint, commit, then let the partitions go."""
@@ -89,6 +91,7 @@ class RebalanceHandler:
                     len(ids),
                 )
         self._owned_before = set()
+        self.assigned_at = time.monotonic()
 
 
 def _event_id(value: bytes | None) -> str | None:

@@ -1,5 +1,18 @@
-"""Serving what was learned: ``POST /v1/score`` from the LIVE model (see :mod:`.score`)."""
+"""Serving what was learned: ``POST /v1/score`` from the LIVE model.
 
-from streaming.serve.score import ScoreLimits, Scorer, attach_scorer
+:mod:`.score` is the one scoring path (the trainer's resident baseline, or a follower's loaded
+version); :mod:`.follower` is ``feedstep serve``, which serves the model store's LIVE version.
+"""
 
-__all__ = ["ScoreLimits", "Scorer", "attach_scorer"]
+from streaming.serve.follower import Follower, FollowSettings
+from streaming.serve.score import LiveModel, ScoreLimits, Scorer, attach_scorer, score_limits
+
+__all__ = [
+    "FollowSettings",
+    "Follower",
+    "LiveModel",
+    "ScoreLimits",
+    "Scorer",
+    "attach_scorer",
+    "score_limits",
+]

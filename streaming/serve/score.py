@@ -10,11 +10,13 @@ reply, from the model that is LIVE at that moment, with that model's version::
 
 The HTTP side (body size, JSON parsing, status codes, threads) is
 :class:`monitors.server.MetricsServer`; this module validates the request, tokenizes it with
-the objective's own collate (off the lock), and runs the baseline once, under no-grad, while
-holding the learner lock. The governor holds the same lock while it switches weights at
-promotion and rollback, and sets its ``live_version`` inside it, so the version read under the
-lock is the one that scored the request: a response never names a version its rewards did not
-come from.
+the objective's own collate (off the lock), and runs the LIVE model once, under no-grad, while
+holding the lock of whoever switches it. In the trainer that is the learner lock: the governor
+holds it while it switches weights at promotion and rollback, and sets its ``live_version``
+inside it. In a follower (``feedstep serve``, :mod:`.follower`) it is the follower's lock, held
+while a fully loaded and verified version replaces the old one. Either way the version read
+under the lock is the one that scored the request: a response never names a version its
+rewards did not come from.
 
 Only the ``reward`` objective has a scalar reward; with a causal-LM objective (``kto``, ``dpo``,
 ``sft``) every request is answered 409 with the reason. Error messages name fields, JSON kinds,
@@ -28,12 +30,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-from learner.base import Example
-from learner.step import Learner
+from learner.base import Example, Objective
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +70,42 @@ def _kind(value: object) -> str:
     return "object"
 
 
+class LiveModel(Protocol):
+    """What :class:`Scorer` scores with: the LIVE model, its objective and its device.
+
+    The trainer's :class:`learner.step.Learner` is one (its resident ``baseline``, whose weights
+    the governor switches in place); a follower (:class:`streaming.serve.follower.Follower`) is
+    another (a version loaded from the store, swapped whole). The scorer reads all three under
+    its lock, so the owner must change them only while holding that lock.
+    """
+
+    @property
+    def objective(self) -> Objective:
+        """Tokenizes requests (``collate``) and computes rewards (``model_values``)."""
+        ...
+
+    @property
+    def baseline(self) -> nn.Module:
+        """The LIVE model."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where :attr:`baseline` lives."""
+        ...
+
+
 class Scorer:
     """The ``/v1/score`` handler: parsed JSON in, ``(status, body)`` out.
 
+    The one scoring path, shared by the trainer (``feedstep run``, ``demo``) and the follower
+    (``feedstep serve``), so both answer the same contract with the same limits and errors.
+
     Args:
-        learner: the learner whose ``baseline`` is the LIVE model.
-        lock: the learner lock (``Governor.lock``), held while scoring and while weights switch.
+        learner: the LIVE model (:class:`LiveModel`): the trainer's learner, whose ``baseline``
+            is LIVE, or a follower.
+        lock: held while scoring and while the LIVE model switches (``Governor.lock``, or the
+            follower's lock).
         version: returns the LIVE version number (``lambda: governor.live_version``); called
             under ``lock``. None when there is no version yet (a store-less dry run).
         limits: the request limits.
@@ -86,7 +118,7 @@ class Scorer:
 
     def __init__(
         self,
-        learner: Learner,
+        learner: LiveModel,
         lock: threading.Lock,
         version: Callable[[], int | None],
         limits: ScoreLimits | None = None,
@@ -126,16 +158,20 @@ class Scorer:
     ) -> tuple[int | None, list[list[float]]]:
         """The LIVE version and each item's rewards, scored by that version in one forward."""
         examples = [Example(p, r, target=1.0) for p, responses in items for r in responses]
-        batch = self.learner.objective.collate(examples)  # CPU tokenizing, before the lock
-        learner = self.learner
+        live = self.learner
+        objective = live.objective
+        batch = objective.collate(examples)  # CPU tokenizing, before the lock
         with self.lock:
             version = self.version()
-            on_device = batch.to(learner.device)
+            if live.objective is not objective:  # a follower switched versions meanwhile:
+                batch = live.objective.collate(examples)  # tokenize as the new version does
+            device = live.device
+            on_device = batch.to(device)
             with (
                 torch.no_grad(),
-                torch.autocast("cuda", dtype=torch.bfloat16, enabled=learner.device.type == "cuda"),
+                torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
             ):
-                values = learner.objective.model_values(learner.baseline, on_device)
+                values = live.objective.model_values(live.baseline, on_device)
             flat = values.float().cpu().tolist()
         out: list[list[float]] = []
         start = 0
@@ -209,16 +245,21 @@ def _describe(value: object) -> str:
     return _kind(value)
 
 
+def score_limits(config: Any) -> ScoreLimits:
+    """The request limits of the ``score`` section of a :class:`streaming.config.FeedstepConfig`."""
+    section = config.score
+    return ScoreLimits(section.max_responses, section.max_text_chars, section.max_body_bytes)
+
+
 def attach_scorer(
-    server: Any, config: Any, learner: Learner, governor: Any, metrics: Any
+    server: Any, config: Any, learner: LiveModel, governor: Any, metrics: Any
 ) -> Scorer:
     """Serve ``POST /v1/score`` on ``server`` (a :class:`monitors.server.MetricsServer`).
 
     ``config`` is the :class:`streaming.config.FeedstepConfig` (its ``score`` section), the lock
     and the LIVE version are the governor's, and every request is counted in ``metrics``.
     """
-    section = config.score
-    limits = ScoreLimits(section.max_responses, section.max_text_chars, section.max_body_bytes)
+    limits = score_limits(config)
     scorer = Scorer(learner, governor.lock, lambda: governor.live_version, limits)
     server.set_score(scorer, max_body_bytes=limits.max_body_bytes, observe=metrics.observe_score)
     log.info(

@@ -265,11 +265,14 @@ class Sidecar:
         """What the process printed on stdout so far (its summary line at the end)."""
         return "".join(self._out)
 
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
-        """Block until a stderr line matches ``pattern``; fail if the process ends first."""
+    def wait_for(self, pattern: str, timeout: float = 120.0, since: int = 0) -> re.Match[str]:
+        """Block until a stderr line matches ``pattern``; fail if the process ends first.
+
+        ``since``: look only at lines after the first ``since`` ones (see :meth:`mark`).
+        """
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        checked = 0
+        checked = since
         with self._cond:
             while True:
                 for line in self.lines[checked:]:
@@ -288,6 +291,11 @@ class Sidecar:
                         f"{self.name}: no {pattern!r} in {timeout} s:\n" + self.tail()
                     )
                 self._cond.wait(min(left, 0.5))
+
+    def mark(self) -> int:
+        """How many stderr lines were read so far (for ``wait_for(..., since=mark)``)."""
+        with self._cond:
+            return len(self.lines)
 
     def metrics_port(self) -> int:
         """The port the sidecar serves /metrics and /readyz on."""

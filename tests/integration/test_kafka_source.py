@@ -319,17 +319,29 @@ def test_a_member_without_partitions_waits_in_poll(kafka_bootstrap, topic_name):
     group = f"{topic_name}-g"
     first = KafkaSource(_config(kafka_bootstrap, topic_name, group))
     second = KafkaSource(_config(kafka_bootstrap, topic_name, group))
+    stop = threading.Event()
+
+    def member(source: KafkaSource) -> None:  # each member polls on its own, as in a sidecar
+        while not stop.is_set():
+            source.poll(0.1)
+
+    # a poll awaits a rebalance until the assignment, so the members need a thread each
+    threads = [threading.Thread(target=member, args=(s,), daemon=True) for s in (first, second)]
     try:
+        for t in threads:
+            t.start()
         deadline = time.monotonic() + 60
         settled_since = None
         while settled_since is None or time.monotonic() - settled_since < 3.0:
             assert time.monotonic() < deadline, "the group never settled"
-            first.poll(0.1)
-            second.poll(0.1)
+            time.sleep(0.1)
             if first.has_assignment() != second.has_assignment():
                 settled_since = settled_since or time.monotonic()
             else:
                 settled_since = None
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
         idle = second if first.has_assignment() else first
         wall, cpu = time.monotonic(), time.process_time()
         for _ in range(10):
