@@ -41,3 +41,16 @@ class SinkUnavailable(FeedstepError):
     """A sink could not deliver every message in time; the undelivered ones stay queued."""
 
     retriable = True
+
+
+def json_kind(value: object) -> str:
+    """The JSON kind of a parsed value, for error messages that must not quote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

@@ -28,6 +28,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from streaming.errors import json_kind
+
 ACTIONS = ("promote", "rollback")
 
 
@@ -54,11 +56,11 @@ def decode_update(value: bytes | None) -> ModelUpdate:
         raise ValueError(f"a model-updates message must be a JSON object, got {type(obj).__name__}")
     version = obj.get("version")
     if not _is_int(version) or version < 1:
-        shown = str(version) if _is_int(version) else _kind(version)
+        shown = str(version) if _is_int(version) else json_kind(version)
         raise ValueError(f"a model-updates message needs an integer 'version' >= 1, got {shown}")
     action = obj.get("action")
     if action not in ACTIONS:
-        shown = repr(action[:20]) if isinstance(action, str) else _kind(action)
+        shown = repr(action[:20]) if isinstance(action, str) else json_kind(action)
         raise ValueError(
             f"a model-updates message's 'action' must be one of {', '.join(ACTIONS)}, got {shown}"
         )
@@ -75,16 +77,3 @@ def decode_update(value: bytes | None) -> ModelUpdate:
 
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: object) -> str:
-    """The JSON kind of a parsed value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"

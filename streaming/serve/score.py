@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from learner.base import Example, Objective
+from streaming.errors import json_kind
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,6 @@ class ScoreLimits:
 
 class BadRequest(ValueError):
     """A request the endpoint refuses; the message is safe to return (no user text)."""
-
-
-def _kind(value: object) -> str:
-    """The JSON kind of a parsed value, for messages that must not quote it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
 
 
 class LiveModel(Protocol):
@@ -183,7 +169,7 @@ class Scorer:
     # -- validation -------------------------------------------------------------------------------
     def _parse(self, request: Any) -> tuple[list[tuple[str, list[str]]], bool]:
         if not isinstance(request, dict):
-            raise BadRequest(f"the body must be a JSON object, got {_kind(request)}")
+            raise BadRequest(f"the body must be a JSON object, got {json_kind(request)}")
         if "items" in request:
             if "prompt" in request or "responses" in request:
                 raise BadRequest("send either 'items' or 'prompt' with 'responses', not both")
@@ -207,13 +193,13 @@ class Scorer:
     def _item(self, raw: Any, where: str) -> tuple[str, list[str]]:
         if not isinstance(raw, dict):
             name = where.rstrip(".")  # only items[i] can be a non-object here
-            raise BadRequest(f"'{name}' must be an object, got {_kind(raw)}")
+            raise BadRequest(f"'{name}' must be an object, got {json_kind(raw)}")
         for field in ("prompt", "responses"):
             if field not in raw:
                 raise BadRequest(f"'{where}{field}' is missing")
         prompt, responses = raw["prompt"], raw["responses"]
         if not isinstance(prompt, str):
-            raise BadRequest(f"'{where}prompt' must be a string, got {_kind(prompt)}")
+            raise BadRequest(f"'{where}prompt' must be a string, got {json_kind(prompt)}")
         if not isinstance(responses, list) or not responses:
             raise BadRequest(
                 f"'{where}responses' must be a non-empty array of strings, got "
@@ -227,7 +213,9 @@ class Scorer:
         self._check_length(prompt, f"{where}prompt")
         for j, response in enumerate(responses):
             if not isinstance(response, str):
-                raise BadRequest(f"'{where}responses[{j}]' must be a string, got {_kind(response)}")
+                raise BadRequest(
+                    f"'{where}responses[{j}]' must be a string, got {json_kind(response)}"
+                )
             self._check_length(response, f"{where}responses[{j}]")
         return prompt, responses
 
@@ -242,7 +230,7 @@ class Scorer:
 def _describe(value: object) -> str:
     if isinstance(value, list):
         return "an empty array" if not value else "an array"
-    return _kind(value)
+    return json_kind(value)
 
 
 def score_limits(config: Any) -> ScoreLimits:

@@ -220,12 +220,14 @@ def run_argv(bootstrap: str, topic: str, group: str) -> list[str]:
 class Sidecar:
     """One ``feedstep run`` process; its stderr is kept (and searchable) while it runs."""
 
-    def __init__(self, config: Path, name: str = "sidecar", log: Path | None = None) -> None:
+    def __init__(
+        self, config: Path, name: str = "sidecar", log: Path | None = None, verb: str = "run"
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDSTEP_")}
         self.name = name
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "streaming.cli", verb, "--config", str(config)],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,

@@ -6,12 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 
@@ -23,50 +18,11 @@ from kafka.admin import NewTopic
 from learner.store import ModelStore
 from streaming.config import KafkaConfig
 from streaming.kafka import KafkaSink
-from tests.integration.faultlib import REPO, http_status, wait_until, write_config
+from tests.integration.faultlib import Sidecar, http_status, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
 POLL_S = 60.0  # only the topic can make it switch within the test
-
-
-class Serve:
-    """One `feedstep serve` process; its stderr lines are kept and searchable."""
-
-    def __init__(self, config) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDSTEP_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli", "serve", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match[str]:
-        rx = re.compile(pattern)
-
-        def found():
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                raise AssertionError(f"serve exited ({self.proc.returncode}):\n{self.tail()}")
-            return next((m for line in list(self.lines) if (m := rx.search(line))), None)
-
-        try:
-            return wait_until(pattern, found, timeout, every=0.1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.tail()}") from None
-
-    def tail(self) -> str:
-        return "\n".join(self.lines[-40:])
 
 
 def _score(port: int) -> tuple[int, dict]:
@@ -111,7 +67,7 @@ def test_a_model_updates_message_switches_the_follower_at_once(
         max_length=32,
         device="cpu",
     )
-    serve = Serve(config)
+    serve = Sidecar(config, "serve", verb="serve")
     try:
         port = int(serve.wait_for(r"metrics on http://[^:]+:(\d+)/metrics").group(1))
         serve.wait_for(rf"following model updates on {re.escape(topic_name)} \(2 partitions\)")
@@ -155,12 +111,7 @@ def test_a_model_updates_message_switches_the_follower_at_once(
         assert _metric(port, "feedstep_follower_update_messages_total") == 1.0
         assert _metric(port, "feedstep_follower_live_version") == 2.0
     finally:
-        serve.proc.send_signal(signal.SIGTERM)
-        try:
-            code = serve.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.proc.kill()
-            raise
-    out = serve.proc.stdout.read() if serve.proc.stdout else ""
+        serve.terminate()
+        code = serve.wait(timeout=30)
     assert code == 0, serve.tail()
-    assert "served_version=2 switches=2 refused=0" in out
+    assert "served_version=2 switches=2 refused=0" in serve.stdout
