@@ -19,6 +19,7 @@ import abc
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,6 +139,17 @@ class Objective(abc.ABC):
         The streaming side calls it per event, so an unusable event is dead-lettered on its
         own instead of failing a whole batch in :meth:`collate` (which calls it too).
         """
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective learns besides the weights (JSON-ready), for the checkpoint.
+
+        Empty for most objectives; the reward objective's ``mean`` reference keeps its running
+        means here.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore :meth:`state_dict`; an empty dict (an older checkpoint) changes nothing."""
 
     @abc.abstractmethod
     def collate(self, examples: Sequence[Example]) -> TensorBatch:

@@ -9,7 +9,9 @@ A checkpoint is a directory ``ckpt-<step:012d>`` holding
 ``regularizers.safetensors`` the EWC Fisher estimate and, for LoRA, the anchors (``fisher/``,
                             ``anchor/`` + parameter name)
 ``rng.safetensors``         torch's CPU and CUDA generator states
-``state.json``              step and skip counts, schedule/boost state, Python and NumPy RNG
+``state.json``              step and skip counts, schedule/boost state, Python and NumPy RNG,
+                            the objective's own state (``objective_state``: e.g. the reward
+                            objective's running means; absent in older checkpoints)
 ``extra.json``              the caller's JSON dict (Kafka offsets, monitor state)
 ``manifest.json``           format, step, time, and the sha256 of every other file
 ==========================  ===============================================================
@@ -258,6 +260,7 @@ def _serialize(learner: Learner) -> dict[str, bytes]:
         "schedule": learner.schedule.state(),
         "trainable": learner.config.trainable,
         "objective": learner.objective.name,
+        "objective_state": learner.objective.state_dict(),
         "param_names": learner.param_names,
         "rng": {
             "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -339,6 +342,10 @@ def _restore(learner: Learner, parsed: dict[str, Any], path: Path) -> None:
                 f"{path}: {name} has shape {tuple(weights[name].shape)}, "
                 f"the learner's is {tuple(param.shape)}"
             )
+    try:  # the objective checks its state before it takes it, so nothing is changed yet
+        learner.objective.load_state_dict(state.get("objective_state") or {})
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     optimizer_state: dict[int, dict[str, Any]] = {}
     for key, value in parsed["optimizer"].items():
         index, _, name = key.partition(".")

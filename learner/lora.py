@@ -1,18 +1,35 @@
-"""LoRA adapters (peft) and the adapters-off view that serves as the baseline.
+"""LoRA adapters (peft): one base model, a ``live`` and a ``candidate`` adapter.
 
-With ``trainable="lora"`` the candidate is the model with low-rank adapters on its attention
-projections, and the baseline is *the same model with the adapters disabled* (peft's
-``disable_adapter()``): the base weights exist once in memory. A task head (the reward model's
-``head``) is always trained too; peft keeps a trainable copy of it beside the frozen original,
-which is a few hundred numbers, not a second model.
+With ``trainable="lora"`` the learner holds one peft model with two named adapters over one copy
+of the base weights. The baseline is that model with the ``live`` adapter active
+(:class:`AdapterView`), the candidate the same model with the ``candidate`` adapter active, which
+is the only one that trains. A promotion copies the candidate adapter into the live one; a
+rollback loads the previous version's adapter into both. A task head (the reward model's
+``head``) is part of each adapter (peft's ``modules_to_save``): a few hundred numbers per adapter,
+not a second model.
+
+Which adapter a peft model runs is state of the model (``set_adapter``), so every forward of
+either role must run under the learner's lock, as steps, holdout scoring and ``/v1/score`` do.
+
+An adapter is published as :class:`Adapter`: its weights in peft's file layout
+(``adapter_model.safetensors`` + ``adapter_config.json``, what ``PeftModel.from_pretrained(base,
+folder)`` and vLLM's ``/v1/load_lora_adapter`` read) and a reference to its base: the base's name,
+seed, and :func:`tensor_digest` of its weights, so a reader can check it holds the same base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+
+LIVE = "live"
+CANDIDATE = "candidate"
+DIGEST = "feedstep-tensors-sha256/1"  # names the recipe of tensor_digest, recorded beside it
 
 # Default targets by architecture: the attention projections, whichever names the model uses.
 _DEFAULT_TARGETS: tuple[tuple[str, ...], ...] = (
@@ -38,10 +55,28 @@ def default_lora_targets(model: nn.Module) -> tuple[str, ...]:
     )
 
 
-def apply_lora(
+def tensor_digest(model: nn.Module) -> str:
+    """sha256 over ``model``'s state dict: each tensor's name, dtype, shape and bytes, by name.
+
+    It names the weights themselves, whatever file they came from (a GGUF, safetensors, or a
+    seed), so a reader can check an adapter meets the base it was trained on.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def attach_adapters(
     model: nn.Module, r: int, alpha: int, target_modules: Sequence[str] = ()
 ) -> nn.Module:
-    """Wrap ``model`` in place with LoRA adapters; return the peft model.
+    """Wrap ``model`` in place with a ``candidate`` and a ``live`` adapter; return the peft model.
+
+    Both adapters start equal (the candidate's initial values are copied into the live one), so
+    the two roles start as the same function. The ``candidate`` adapter is active and the only
+    one whose weights require gradients.
 
     Args:
         model: the base model; its weights are reused, not copied.
@@ -50,7 +85,7 @@ def apply_lora(
         target_modules: module names to adapt; empty picks :func:`default_lora_targets`.
 
     Example:
-        >>> peft_model = apply_lora(model, r=8, alpha=16)  # doctest: +SKIP
+        >>> peft_model = attach_adapters(model, r=8, alpha=16)  # doctest: +SKIP
     """
     from peft import LoraConfig, get_peft_model
 
@@ -59,22 +94,85 @@ def apply_lora(
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, modules_to_save=heads
     )
-    return get_peft_model(model, config)  # type: ignore[arg-type]
+    peft_model = get_peft_model(model, config, adapter_name=CANDIDATE)  # type: ignore[arg-type]
+    peft_model.add_adapter(LIVE, config)
+    load_adapter_state(peft_model, LIVE, adapter_state(peft_model, CANDIDATE))
+    peft_model.set_adapter(CANDIDATE)
+    return peft_model
 
 
-class AdaptersDisabled(nn.Module):
-    """A peft model seen with its adapters off: the LoRA learner's baseline.
+def adapter_state(peft_model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """A copy of ``adapter``'s weights in peft's file layout (keys without the adapter name)."""
+    from peft import get_peft_model_state_dict
 
-    It holds no weights of its own: the peft model is kept outside the module tree, so
-    ``parameters()`` is empty and nothing here can freeze or move the candidate.
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter, save_embedding_layers=False)
+    return {key: value.detach().to("cpu").clone() for key, value in state.items()}
+
+
+@torch.no_grad()
+def load_adapter_state(
+    peft_model: nn.Module, adapter: str, state: Mapping[str, torch.Tensor]
+) -> None:
+    """Load adapter weights in peft's file layout into ``adapter``; every weight must be given.
+
+    Raises:
+        ValueError: when ``state`` lacks a weight of the adapter, has one it does not know, or a
+            shape differs; nothing is loaded then.
+    """
+    from peft import set_peft_model_state_dict
+
+    want = adapter_state(peft_model, adapter)
+    missing = sorted(set(want) - set(state))
+    unknown = sorted(set(state) - set(want))
+    wrong = sorted(k for k in set(want) & set(state) if want[k].shape != state[k].shape)
+    if missing or unknown or wrong:
+        raise ValueError(
+            f"the adapter weights do not fit this model's {adapter!r} adapter (missing "
+            f"{missing[:3]}, unknown {unknown[:3]}, other shapes {wrong[:3]}); it was trained "
+            "with another model, rank or lora_target_modules: use the same step.lora_* settings"
+        )
+    set_peft_model_state_dict(peft_model, dict(state), adapter_name=adapter)
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A LoRA adapter as the model store writes it (kind ``lora``).
+
+    Attributes:
+        state: the weights in peft's file layout (``adapter_model.safetensors``).
+        config: the peft ``LoraConfig`` (``adapter_config.json``).
+        base: the base model: ``name`` (as ``--model`` takes it), ``seed``, ``sha256``
+            (:func:`tensor_digest`) and ``digest`` (the recipe's name).
+        model_type: the base's type in the store's terms, ``reward_model`` or ``pretrained``.
     """
 
-    def __init__(self, peft_model: nn.Module) -> None:
+    state: dict[str, torch.Tensor]
+    config: Any
+    base: dict[str, Any]
+    model_type: str
+
+
+class AdapterView(nn.Module):
+    """A peft model seen with one named adapter active: the LoRA learner's baseline.
+
+    It holds no weights of its own: the peft model is kept outside the module tree, so
+    ``parameters()`` is empty and nothing here can freeze or move the candidate. A forward
+    activates ``adapter`` and afterwards ``restore`` again (the caller holds the learner lock).
+    """
+
+    def __init__(
+        self, peft_model: nn.Module, adapter: str = LIVE, restore: str = CANDIDATE
+    ) -> None:
         super().__init__()
         self._target: tuple[nn.Module] = (peft_model,)
+        self.adapter = adapter
+        self.restore = restore
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the peft model inside ``disable_adapter()``."""
+        """Call the peft model with :attr:`adapter` active."""
         model = self._target[0]
-        with model.disable_adapter():  # type: ignore[operator]
+        model.set_adapter(self.adapter)  # type: ignore[operator]
+        try:
             return model(*args, **kwargs)
+        finally:
+            model.set_adapter(self.restore)  # type: ignore[operator]

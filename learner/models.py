@@ -374,6 +374,40 @@ def load_reward_model(path: str | os.PathLike[str]) -> tuple[RewardModel, Any]:
     return model.eval(), tokenizer
 
 
+def load_reward_version(info: Any) -> tuple[RewardModel, Any]:
+    """Load a model-store version of a reward model, ``full`` or ``lora``, ready to serve.
+
+    A ``lora`` version's base is rebuilt from its manifest (``base.name``, ``base.seed``) and must
+    have the recorded digest (:func:`learner.lora.tensor_digest`); the adapter is then loaded
+    with ``PeftModel.from_pretrained`` and merged into the base, so serving runs one plain model.
+
+    Raises:
+        ValueError: a base that is not the one the adapter was trained on, or a kind this
+            feedstep cannot load.
+    """
+    if info.kind == "full":
+        return load_reward_model(info.path)
+    if info.kind != "lora":
+        raise ValueError(f"version {info.version} is of kind {info.kind!r}, which cannot be loaded")
+    from peft import PeftModel
+
+    from learner.lora import tensor_digest
+
+    named = info.base or {}
+    base, tokenizer = build_reward_model(
+        ModelSpec(str(named.get("name")), int(named.get("seed", 0)))
+    )
+    digest = tensor_digest(base)
+    if digest != named.get("sha256"):
+        raise ValueError(
+            f"the base {named.get('name')!r} (seed {named.get('seed')}) built here has weights "
+            f"sha256 {digest[:12]}..., the adapter was trained on {str(named.get('sha256'))[:12]}"
+            "...: install the same model package version as the trainer"
+        )
+    merged = PeftModel.from_pretrained(base, str(info.path / "adapter")).merge_and_unload()
+    return merged.eval(), tokenizer  # type: ignore[return-value]
+
+
 def _inside(root: Path, relative: str) -> Path:
     """``root / relative``, refusing paths that leave ``root``."""
     path = (root / relative).resolve()

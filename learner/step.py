@@ -21,10 +21,9 @@ candidate's test score, so it must be the same deterministic function the baseli
 
 What trains (``trainable``): ``full``; ``head`` (the task head: ``head`` of the reward model,
 ``lm_head`` of a causal LM); ``bias`` (BitFit: biases and the head); ``lora`` (peft adapters,
-see :mod:`learner.lora`). The anchors the regularizers pull toward are the trainable tensors'
-starting values: the baseline's weights for ``full``/``head``/``bias`` (shared, not copied),
-and for ``lora`` a copy of the adapters' initial values (``B = 0``, ``A`` at its random init,
-the head at the baseline's), so L2-SP/EWC pull the adapters back toward "no change".
+see :mod:`learner.lora`). The anchors the regularizers pull toward are the baseline's weights:
+for ``full``/``head``/``bias`` the baseline copy's tensors, for ``lora`` the ``live`` adapter's
+(shared, not copied). A promotion makes the candidate the new anchor in both cases.
 """
 
 from __future__ import annotations
@@ -33,14 +32,25 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from learner.base import Objective, ObjectiveOutput, TensorBatch
-from learner.lora import AdaptersDisabled, apply_lora
+from learner.lora import (
+    CANDIDATE,
+    DIGEST,
+    LIVE,
+    Adapter,
+    AdapterView,
+    adapter_state,
+    attach_adapters,
+    load_adapter_state,
+    tensor_digest,
+)
 from learner.regularizers import L2SP, OnlineEWC
 from learner.schedule import LRSchedule
 
@@ -169,10 +179,12 @@ class Learner:
 
     Args:
         model: the starting model. It becomes the candidate; the baseline is a deep copy, or,
-            with ``trainable="lora"``, the candidate seen with its adapters disabled.
+            with ``trainable="lora"``, the same peft model with its ``live`` adapter active.
         objective: turns batches into per-example losses.
         config: the step's hyper-parameters.
         device: where both models live for the life of the learner.
+        base: what the starting model is called (``name`` as ``--model`` takes it, ``seed``);
+            recorded with published LoRA adapters, beside the digest of the base weights.
 
     Example:
         >>> learner = Learner(model, RewardObjective(tok), StepConfig(lr=1e-4))  # doctest: +SKIP
@@ -186,17 +198,25 @@ class Learner:
         objective: Objective,
         config: StepConfig | None = None,
         device: torch.device | str = "cpu",
+        base: Mapping[str, Any] | None = None,
     ) -> None:
         cfg = self.config = config or StepConfig()
         self.objective = objective
         self.device = torch.device(device)
         model = model.to(self.device).eval()  # eval(): dropout off, see module doc
+        self.base: dict[str, Any] | None = None
         if cfg.trainable == "lora":
             model.requires_grad_(False)
-            self.candidate: nn.Module = apply_lora(
+            self.base = {
+                "name": type(model).__name__,
+                **(base or {}),
+                "sha256": tensor_digest(model),
+                "digest": DIGEST,
+            }
+            self.candidate: nn.Module = attach_adapters(
                 model, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules
             ).eval()
-            self.baseline: nn.Module = AdaptersDisabled(self.candidate)
+            self.baseline: nn.Module = AdapterView(self.candidate, LIVE, CANDIDATE)
         else:
             self.candidate = model
             self.baseline = copy.deepcopy(model).eval().requires_grad_(False)
@@ -205,9 +225,12 @@ class Learner:
             param.requires_grad_(name in chosen)
         self.param_names = list(chosen)
         self.params = list(chosen.values())
-        self.owns_anchors = cfg.trainable == "lora"  # a copy, so checkpoints must keep it
+        # With LoRA the anchors (the live adapter) are not rebuilt from the store's files at
+        # start, so checkpoints keep them.
+        self.owns_anchors = cfg.trainable == "lora"
         if self.owns_anchors:
-            self.anchors = [p.detach().clone() for p in self.params]
+            live = dict(self.candidate.named_parameters())
+            self.anchors = [live[_live_name(n)] for n in self.param_names]
         else:
             base = dict(self.baseline.named_parameters())
             self.anchors = [base[n] for n in self.param_names]
@@ -276,26 +299,48 @@ class Learner:
     def rebase(self) -> None:
         """Make the candidate the new baseline (after a promotion).
 
-        The baseline's weights become a copy of the candidate's, so the L2-SP/EWC anchor and
-        the paired comparison restart from the promoted model; the optimizer keeps its moments.
+        The baseline's weights become a copy of the candidate's (with LoRA: the candidate
+        adapter is copied into the live one), so the L2-SP/EWC anchor and the paired comparison
+        restart from the promoted model; the optimizer keeps its moments.
         """
         if self.config.trainable == "lora":
-            raise NotImplementedError(
-                "promotion with trainable='lora' needs the adapters merged into the base and "
-                "re-initialised, which feedstep does not do yet; use full, head or bias"
-            )
-        self.baseline.load_state_dict(self.candidate.state_dict())
+            for anchor, param in zip(self.anchors, self.params, strict=True):
+                anchor.copy_(param)
+        else:
+            self.baseline.load_state_dict(self.candidate.state_dict())
         self._distance = None
 
     @torch.no_grad()
     def reset_to(self, state: dict[str, torch.Tensor]) -> None:
-        """Load ``state`` into both models and clear the optimizer's moments (after a rollback)."""
+        """Load ``state`` into both models and clear the optimizer's moments (after a rollback).
+
+        ``state`` is a full state dict, or with LoRA an adapter's weights in peft's file layout
+        (``adapter_model.safetensors``), loaded into the live and the candidate adapter.
+        """
         if self.config.trainable == "lora":
-            raise NotImplementedError("rollback with trainable='lora' is not supported yet")
-        self.candidate.load_state_dict(state)
-        self.baseline.load_state_dict(state)
+            load_adapter_state(self.candidate, LIVE, state)
+            load_adapter_state(self.candidate, CANDIDATE, state)
+        else:
+            self.candidate.load_state_dict(state)
+            self.baseline.load_state_dict(state)
         self.optimizer.state.clear()
         self._distance = None
+
+    def publishable(self, role: str = "candidate") -> Any:
+        """What the model store writes for ``role`` (``candidate`` or ``baseline``).
+
+        The model itself, or with LoRA an :class:`learner.lora.Adapter`: that role's adapter
+        weights, its peft config and the reference to the base.
+        """
+        if role not in ("candidate", "baseline"):
+            raise ValueError(f"role must be 'candidate' or 'baseline', got {role!r}")
+        if self.base is None:
+            return self.candidate if role == "candidate" else self.baseline
+        adapter = CANDIDATE if role == "candidate" else LIVE
+        config = self.candidate.peft_config[adapter]  # type: ignore[index]
+        inner = self.candidate.get_base_model()  # type: ignore[operator]
+        model_type = "reward_model" if hasattr(inner, "head") else "pretrained"
+        return Adapter(adapter_state(self.candidate, adapter), config, dict(self.base), model_type)
 
     # -- scoring --------------------------------------------------------------------------------
     def _values(self, role: str, batch: TensorBatch) -> torch.Tensor:
@@ -400,6 +445,14 @@ class Learner:
         # θ_new = θ_before + scale·Δθ = θ_after - (1 - scale)·Δθ
         torch._foreach_add_(params, self._before, alpha=1.0 - scale)
         return cap, scale
+
+
+def _live_name(candidate_name: str) -> str:
+    """The live adapter's parameter that pairs with a candidate adapter's parameter."""
+    marker = f".{CANDIDATE}."
+    if marker not in candidate_name:
+        raise ValueError(f"{candidate_name!r} is not a weight of the {CANDIDATE!r} adapter")
+    return candidate_name.replace(marker, f".{LIVE}.", 1)
 
 
 def _compile(models: dict[str, nn.Module]) -> dict[str, nn.Module]:

@@ -18,10 +18,16 @@ Model layouts (the manifest's ``model_type``):
 * ``pretrained``: any Hugging Face model (a causal LM) -- ``model/`` holds ``save_pretrained`` of
   the model and of its tokenizer; ``AutoModelForCausalLM.from_pretrained(versions/<n>/model)``.
 
-The manifest's ``kind`` says how the weights are stored: ``full`` (every weight, the only kind
-written today). LoRA versions will be ``lora`` (adapter files plus ``base``, a reference to the
-base model) or ``merged`` (the adapters folded into full weights); readers must refuse a kind
-they do not know.
+The manifest's ``kind`` says how the weights are stored:
+
+* ``full``: every weight, in the layout above.
+* ``lora``: a LoRA adapter (``trainable = "lora"``) -- ``adapter/adapter_config.json`` and
+  ``adapter/adapter_model.safetensors`` (peft's layout: ``PeftModel.from_pretrained(base,
+  versions/<n>/adapter)``, vLLM's ``/v1/load_lora_adapter``), ``tokenizer/``; the manifest's
+  ``base`` names the base model (``name``, ``seed``) with ``sha256``, the digest of its weights
+  (:func:`learner.lora.tensor_digest`), and ``model_type`` is the base's.
+
+``merged`` is reserved; readers must refuse a kind they do not know.
 
 Safety: a version is written under ``staging/``, fsynced, and renamed into ``versions/<n>`` only
 when complete; ``n`` is allocated while holding the lock, so concurrent publishers never share a
@@ -69,6 +75,8 @@ KINDS = ("full", "lora", "merged")
 ACTIONS = ("promote", "manual", "rollback")
 Action = Literal["promote", "manual", "rollback"]
 _CHUNK = 1 << 20
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -114,14 +122,15 @@ class VersionInfo:
         version: the version number (``versions/<version>``).
         parent: the version this one was trained from, if known.
         created_at: RFC 3339 UTC time the version was published.
-        kind: ``full`` (all weights); ``lora`` / ``merged`` are reserved for adapters.
+        kind: ``full`` (all weights) or ``lora`` (an adapter over ``base``).
         model_type: ``reward_model`` or ``pretrained``; tells which loader reads it.
         objective: the objective that trained it (``reward``, ``kto``, ``dpo``, ``sft``).
         metrics: the numbers that justified publishing it (read-only by convention).
         reason: why it was published, in words.
         files: every file of the version with its size and sha256.
         path: the version folder.
-        base: for ``lora``, a reference to the base model; otherwise ``None``.
+        base: for ``lora``, the base model: ``name``, ``seed``, ``sha256`` (the digest of its
+            weights), ``digest``; otherwise ``None``.
     """
 
     version: int
@@ -134,7 +143,7 @@ class VersionInfo:
     reason: str
     files: tuple[FileEntry, ...]
     path: Path
-    base: str | None = None
+    base: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +350,9 @@ class ModelStore:
         """Write ``model`` and ``tokenizer`` as a new version; ``LIVE`` does not move.
 
         Args:
-            model: a :class:`learner.models.RewardModel` or a Hugging Face model.
+            model: a :class:`learner.models.RewardModel`, a Hugging Face model, or a
+                :class:`learner.lora.Adapter` (written as kind ``lora``); a learner's
+                :meth:`~learner.step.Learner.publishable` gives the right one.
             tokenizer: its tokenizer (saved beside the weights).
             objective: the objective that trained it.
             metrics: JSON numbers/strings recorded in the manifest (finite floats only).
@@ -357,7 +368,7 @@ class ModelStore:
         staging = self.root / "staging" / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         staging.mkdir(parents=True)
         try:
-            model_type = _write_model(model, tokenizer, staging)
+            model_type, kind, base = _write_model(model, tokenizer, staging)
             files = _seal(staging)
             with self._locked():
                 if parent is not None:
@@ -369,8 +380,8 @@ class ModelStore:
                     "version": number,
                     "parent": parent,
                     "created_at": _now(),
-                    "kind": "full",
-                    "base": None,
+                    "kind": kind,
+                    "base": base,
                     "model_type": model_type,
                     "objective": objective,
                     "metrics": metrics,
@@ -404,6 +415,12 @@ class ModelStore:
                 )
             self._require_sound(version, "promote")
             return self._switch("manual" if manual else "promote", current, version, reason, actor)
+
+    def rollback_target(self) -> int | None:
+        """The version :meth:`rollback` would put back now, or None when there is none."""
+        with self._locked():
+            self._settle()
+            return _rollback_target(self.history())
 
     def rollback(self, reason: str, actor: str) -> Switch:
         """Put back the version that was live before the last promotion not yet rolled back.
@@ -551,26 +568,89 @@ def _rollback_target(history: list[Switch]) -> int | None:
     return replaced[-1] if replaced else None
 
 
-def _write_model(model: Any, tokenizer: Any, folder: Path) -> str:
-    """Save ``model`` into ``folder`` in the layout its loader reads; returns the model type."""
+def _write_model(
+    model: Any, tokenizer: Any, folder: Path
+) -> tuple[str, str, dict[str, Any] | None]:
+    """Save ``model`` into ``folder`` in the layout its loader reads.
+
+    Returns the model type, the kind (``full`` or ``lora``) and the base reference (``lora``).
+    """
+    from learner.lora import Adapter
     from learner.models import RewardModel, save_reward_model
 
+    if isinstance(model, Adapter):
+        from safetensors.torch import save_file
+
+        adapter = folder / ADAPTER_DIR
+        adapter.mkdir()
+        model.config.save_pretrained(str(adapter))
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state.items()}
+        save_file(state, str(adapter / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        tokenizer.save_pretrained(folder / "tokenizer")
+        return model.model_type, "lora", dict(model.base)
     if getattr(model, "peft_config", None) is not None:
         raise StoreError(
-            "LoRA versions are not written yet; merge the adapters first "
-            "(model.merge_and_unload()) and publish the merged model"
+            "cannot publish a peft model as it is; publish learner.publishable() (the adapter) "
+            "or merge the adapters first (model.merge_and_unload())"
         )
     if isinstance(model, RewardModel):
         save_reward_model(model, tokenizer, folder)
-        return "reward_model"
+        return "reward_model", "full", None
     if callable(getattr(model, "save_pretrained", None)):
         model.save_pretrained(folder / "model")
         tokenizer.save_pretrained(folder / "model")
-        return "pretrained"
+        return "pretrained", "full", None
     raise StoreError(
-        f"cannot publish a {type(model).__name__}: the store writes a RewardModel or a Hugging "
-        "Face model (one with save_pretrained)"
+        f"cannot publish a {type(model).__name__}: the store writes a RewardModel, a Hugging "
+        "Face model (one with save_pretrained) or a learner.lora.Adapter"
     )
+
+
+def read_state(info: VersionInfo) -> dict[str, Any]:
+    """The weights of a version as :meth:`learner.step.Learner.reset_to` takes them.
+
+    A ``lora`` version gives its adapter's weights (peft's layout), a ``full`` one the whole
+    model's state dict. Check :func:`check_fits` first.
+    """
+    if info.kind == "lora":
+        from safetensors.torch import load_file
+
+        return load_file(str(info.path / ADAPTER_DIR / ADAPTER_WEIGHTS))
+    if info.model_type == "reward_model":
+        from learner.models import load_reward_model
+
+        return load_reward_model(info.path)[0].state_dict()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(info.path / "model")
+    return model.state_dict()  # type: ignore[no-any-return]
+
+
+def check_fits(info: VersionInfo, trainable: str, base: Mapping[str, Any] | None) -> None:
+    """Raise :class:`StoreError` unless a learner (``trainable``, ``base``) can load ``info``.
+
+    A ``lora`` version fits a LoRA learner over the same base weights (equal ``sha256``); a
+    ``full`` version fits a learner that trains the whole model, its head or its biases.
+    """
+    if info.kind not in ("full", "lora"):
+        raise StoreError(f"version {info.version} is of kind {info.kind!r}, which cannot be loaded")
+    if (info.kind == "lora") != (trainable == "lora"):
+        raise StoreError(
+            f"version {info.version} is of kind {info.kind!r} but the learner trains "
+            f"trainable={trainable!r}; set step.trainable = "
+            f"{'lora' if info.kind == 'lora' else 'full, head or bias'} or use another --store"
+        )
+    if info.kind == "lora":
+        mine = (base or {}).get("sha256")
+        theirs = (info.base or {}).get("sha256")
+        if mine is None or mine != theirs:
+            named = info.base or {}
+            raise StoreError(
+                f"version {info.version} is an adapter over base {named.get('name')!r} (seed "
+                f"{named.get('seed')}, sha256 {str(theirs)[:12]}...) but this learner's base "
+                f"weights have sha256 {str(mine)[:12]}...; start with --model "
+                f"{named.get('name')!r} and learner.seed = {named.get('seed')}"
+            )
 
 
 def _relative_files(folder: Path) -> list[str]:

@@ -18,8 +18,11 @@ a check without data is inconclusive, and inconclusive is never a pass.
    ``drift_quiet_events`` events (inconclusive until that many events have been watched).
 5. ``param_distance``: the candidate's distance from the baseline's weights, supplied by the
    caller, is under ``max_param_distance`` (missing: inconclusive).
-6. ``promql_<name>``: each configured PromQL check (:mod:`monitors.promql`). Queries are
-   sent only when checks 1-5 all pass, so a Prometheus server is not queried every batch;
+6. ``probe_kl``: the caller's latest KL(candidate ‖ live) over its probe set is at most
+   ``max_probe_kl``. Without a probe set (``probe_configured`` False) the check is off and says
+   so; with one, no measurement since the last promotion is inconclusive.
+7. ``promql_<name>``: each configured PromQL check (:mod:`monitors.promql`). Queries are
+   sent only when checks 1-6 all pass, so a Prometheus server is not queried every batch;
    until then they are reported inconclusive ("not queried").
 
 Non-finite losses (a model did not score the event, or overflowed) are never evidence: the
@@ -77,6 +80,10 @@ class GateConfig:
             switches the check off).
         max_param_distance: cap on the caller's parameter distance (> 0; inf: no cap, but a
             distance must still be supplied).
+        max_probe_kl: cap on the caller's probe KL(candidate ‖ live), in nats (> 0; inf: no
+            cap, but with a probe set a measurement must still be supplied).
+        probe_configured: True when the caller measures a probe set (the governor sets it from
+            whether it has one); False switches the ``probe_kl`` check off.
         promql: PromQL checks; they need ``prometheus_url``.
         prometheus_url: the Prometheus server, e.g. ``http://127.0.0.1:9090``.
         promql_timeout_s: timeout of each PromQL query.
@@ -99,6 +106,8 @@ class GateConfig:
     holdout_required: bool = True
     drift_quiet_events: int = 1000
     max_param_distance: float = math.inf
+    max_probe_kl: float = math.inf
+    probe_configured: bool = False
     promql: tuple[PromQLCheck, ...] = ()
     prometheus_url: str | None = None
     promql_timeout_s: float = 5.0
@@ -114,15 +123,10 @@ class GateConfig:
             raise ValueError(
                 f"alpha must be in (0, 1) (the false-promotion rate bound), got {self.alpha}"
             )
-        if not (
-            isinstance(self.max_param_distance, (int, float))
-            and not isinstance(self.max_param_distance, bool)
-            and self.max_param_distance > 0
-        ):
-            raise ValueError(
-                f"max_param_distance must be a number > 0 (inf for no cap), "
-                f"got {self.max_param_distance!r}"
-            )
+        for cap in ("max_param_distance", "max_probe_kl"):
+            value = getattr(self, cap)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{cap} must be a number > 0 (inf for no cap), got {value!r}")
         _number("promql_timeout_s", self.promql_timeout_s, low=0.0, strict=True)
         _number("mixture_scale", self.mixture_scale, low=0.0, strict=True)
         if not isinstance(self.promql, tuple) or not all(
@@ -252,12 +256,15 @@ class Gate:
         *,
         holdout: HoldoutResult | None = None,
         param_distance: float | None = None,
+        probe_kl: float | None = None,
     ) -> GateDecision:
         """Run every check and return the decision (it changes no state).
 
         Args:
             holdout: the latest holdout scores, or None when none is available yet.
             param_distance: the candidate's distance from the baseline weights, or None.
+            probe_kl: the latest KL(candidate ‖ live) over the probe set since the last
+                promotion, or None when it has not been measured since.
         """
         cfg = self.config
         result = self._test.result()
@@ -267,6 +274,7 @@ class Gate:
             self._check_holdout(holdout),
             self._check_drift(),
             self._check_param_distance(param_distance),
+            self._check_probe_kl(probe_kl),
         ]
         ready = all(c.passed is True for c in checks)
         for pq in cfg.promql:
@@ -351,6 +359,17 @@ class Gate:
             raise ValueError(f"param_distance is a distance, it cannot be {distance}")
         detail = f"parameter distance {distance:.4g}, cap {cap:g}"
         return Check("param_distance", bool(distance < cap), float(distance), cap, detail)
+
+    def _check_probe_kl(self, kl: float | None) -> Check:
+        cap = self.config.max_probe_kl
+        if not self.config.probe_configured:
+            return Check("probe_kl", True, None, cap, "switched off (no probe_file configured)")
+        if kl is None or math.isnan(kl):
+            return Check("probe_kl", None, None, cap, "probe not measured since the last promotion")
+        if kl < 0:
+            raise ValueError(f"probe_kl is a KL divergence, it cannot be {kl}")
+        detail = f"KL(candidate || live) on the probe set {kl:.4g} nats, cap {cap:g}"
+        return Check("probe_kl", bool(kl <= cap), float(kl), cap, detail)
 
     # ------------------------------------------------------------------ checkpoints
 

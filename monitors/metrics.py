@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 EVENT_OUTCOMES = ("accepted", "rejected", "duplicate")
 MODELS = ("baseline", "candidate")
 CHECK_STATES = ("pass", "fail", "inconclusive")
-GATE_CHECKS = ("min_events", "sequential_test", "holdout", "drift_quiet", "param_distance")
+GATE_CHECKS = (
+    "min_events",
+    "sequential_test",
+    "holdout",
+    "drift_quiet",
+    "param_distance",
+    "probe_kl",
+)
 """The gate's built-in checks; PromQL checks add ``promql_<name>`` (names come from config)."""
 PROMOTION_REASONS = ("gate", "manual")
 ROLLBACK_REASONS = ("degradation", "drift", "manual")
@@ -44,6 +51,12 @@ SWITCH_TRIGGERS = ("start", "poll", "update")
 LOAD_FAILURES = ("missing", "unsupported", "corrupt", "error")
 """Why a follower refused a LIVE version: not in the store (yet), a kind or model type it does not
 serve, files that fail their sha256, or a load or check that failed."""
+NOTIFY_TARGETS = ("webhook", "vllm")
+"""Where the governor's notifications go: ``webhook_url`` and vLLM's ``/v1/load_lora_adapter``."""
+NOTIFY_OUTCOMES = ("ok", "error", "superseded", "dropped")
+"""``ok`` / ``error``: one delivery attempt (an error is retried); ``superseded``: a notification
+replaced by a newer one for the same target before it was delivered; ``dropped``: given up at
+shutdown."""
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -296,6 +309,23 @@ class Metrics(_Serving):
         self.checkpoints = Counter(
             "feedstep_checkpoints", "Checkpoints written (each one then commits).", registry=r
         )
+        self.mining_pairs = Counter(
+            "feedstep_mining_pairs",
+            "Preference pairs mined from thumbs and ratings on the same prompt.",
+            registry=r,
+        )
+        self.mining_pending = Gauge(
+            "feedstep_mining_pending_events",
+            "Unpaired thumbs and ratings the pair miner remembers, over all partitions.",
+            registry=r,
+        )
+        self.mining_evictions = Counter(
+            "feedstep_mining_evictions",
+            "Unpaired events the pair miner dropped, by reason (window: too old to pair, "
+            "capacity: pushed out by newer ones).",
+            ["reason"],
+            registry=r,
+        )
         self.device_memory = Gauge(
             "feedstep_device_memory_bytes",
             "Memory allocated on the training device (0 on the CPU).",
@@ -372,7 +402,42 @@ class Metrics(_Serving):
             "Log likelihood ratio of the rollback watch's degradation test (NaN: not watching).",
             registry=r,
         )
+        self.probe_kl = Gauge(
+            "feedstep_probe_kl",
+            "KL(candidate || live) over the probe set at its last measurement, in nats: per token "
+            "(causal LMs) or of P(good) per line (reward models). NaN: no probe_file, or not "
+            "measured since the last promotion or rollback.",
+            registry=r,
+        )
+        self.probe_score_drift = Gauge(
+            "feedstep_probe_score_drift",
+            "Mean |reward candidate - reward live| over the probe set at its last measurement "
+            "(reward models; NaN otherwise or when not measured).",
+            registry=r,
+        )
+        self.probe_duration = Gauge(
+            "feedstep_probe_duration_seconds",
+            "Wall time of the last probe measurement: both models' forwards over the probe set.",
+            registry=r,
+        )
+        self.notifications = Counter(
+            "feedstep_notifications",
+            "Notification delivery attempts (ok, error) and notifications given up (superseded, "
+            "dropped), by target (webhook, vllm).",
+            ["target", "outcome"],
+            registry=r,
+        )
+        self.notifications_pending = Gauge(
+            "feedstep_notifications_pending",
+            "Notifications waiting for delivery or a retry, by target (webhook, vllm).",
+            ["target"],
+            registry=r,
+        )
         self._declare_serving()
+        for target in NOTIFY_TARGETS:
+            self.notifications_pending.labels(target=target).set(0)
+            for outcome in NOTIFY_OUTCOMES:
+                self.notifications.labels(target=target, outcome=outcome)
         for outcome in EVENT_OUTCOMES:
             self.events.labels(outcome=outcome)
         for model in MODELS:
@@ -393,6 +458,26 @@ class Metrics(_Serving):
         self.gate_difference.set(math.nan)
         self.gate_statistic.set(math.nan)
         self.rollback_statistic.set(math.nan)
+        self.record_probe(None)
+        self.probe_duration.set(math.nan)
+
+    def record_probe(
+        self, kl: float | None, score_drift: float | None = None, seconds: float | None = None
+    ) -> None:
+        """Export a probe measurement; ``kl=None`` (not measured) sets both values to NaN.
+
+        ``seconds`` is kept from the last measurement when None (a reset measures nothing).
+
+        Example:
+            >>> m = Metrics()
+            >>> m.record_probe(0.02, seconds=0.5)
+            >>> b"feedstep_probe_kl 0.02" in m.render()
+            True
+        """
+        self.probe_kl.set(_or_nan(kl))
+        self.probe_score_drift.set(_or_nan(score_drift if kl is not None else None))
+        if seconds is not None:
+            self.probe_duration.set(seconds)
 
     def record_gate(self, decision: GateDecision) -> None:
         """Export a gate decision: each check's value, threshold and state, and the test."""

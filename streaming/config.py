@@ -5,10 +5,10 @@ environment variables, command-line flags. An unknown key in any of them is an e
 names the key and where it came from.
 
 The configuration is a set of sections, each handed whole to the part that owns it:
-``kafka`` (the consumer and producers), ``ingest`` (limits, de-duplication, batching),
+``kafka`` (the consumer and producers), ``ingest`` (limits, de-duplication, pair mining, batching),
 ``learner`` (model and objective), ``step`` (the one-step update, as
 :class:`learner.step.StepConfig`), ``checkpoints``, ``gate`` (as :class:`monitors.gate.GateConfig`),
-``rollback``, ``promotion`` (store, publishing, holdout, drift), ``metrics``, ``score`` (the
+``rollback``, ``promotion`` (store, publishing, holdout, probe, drift), ``metrics``, ``score`` (the
 limits of ``POST /v1/score``), ``follow`` (how ``feedstep serve`` follows the store) and
 ``run``. Every setting also has a flat name, unique over all sections — ``batch_size``,
 ``gate_min_events``, ``checkpoint_every_steps`` — which is what ``FEEDSTEP_<NAME>`` variables,
@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomllib
 import yaml
@@ -41,6 +42,11 @@ from streaming.errors import ConfigError
 
 ENV_PREFIX = "FEEDSTEP_"
 CONFIG_ENV = "FEEDSTEP_CONFIG"
+_CAUSAL_LM = ("kto", "dpo", "sft")
+"""The causal-LM objectives (``learner.objectives.CAUSAL_LM``; not imported: it loads torch)."""
+_SECRETS = frozenset({"sasl_plain_password", "vllm_api_key"})
+"""Flat names whose values are never echoed: left out of :meth:`FeedstepConfig.flat` and of
+error messages."""
 
 
 class _Section(BaseModel):
@@ -102,6 +108,18 @@ class IngestConfig(_Section):
     """Records read back per partition taken over from another member, to know its recent ids."""
     batch_size: int = Field(default=16, ge=1)
     max_wait_ms: int = Field(default=1000, ge=0)
+    mining: Literal["off", "add", "replace"] = "off"
+    """Pair thumbs/ratings on the same prompt with opposite signals into preference examples
+    (:mod:`streaming.ingest.mining`): ``add`` trains the pair besides both pointwise examples,
+    ``replace`` trains it instead of the completing event's pointwise example."""
+    mining_window_events: int = Field(default=10_000, ge=1)
+    """The two halves of a pair are at most this many accepted events apart (per partition)."""
+    mining_window_s: float = Field(default=3600.0, gt=0)
+    """... and at most this many seconds apart by their ``ts``."""
+    mining_min_rating_gap: int = Field(default=2, ge=1, le=4)
+    """Ratings pair when they differ by at least this much; a thumb counts as 5 (up) or 1."""
+    mining_max_pending: int = Field(default=10_000, ge=1)
+    """Unpaired events remembered per partition; the oldest is evicted beyond it."""
 
 
 class LearnerConfig(_Section):
@@ -116,6 +134,12 @@ class LearnerConfig(_Section):
     device: str = "auto"
     seed: int = 0
     max_length: int = Field(default=256, ge=8)
+    reward_reference: Literal["none", "live", "mean"] = "none"
+    """reward: the pointwise BCE logit is the reward (``none``), minus the frozen live model's
+    reward on the same example (``live``), or minus a running mean of the model's rewards
+    (``mean``, as in BCO); see :mod:`learner.objectives.reward`."""
+    reward_reference_decay: float = Field(default=0.99, ge=0, lt=1)
+    """``mean``: decay of the running mean per step."""
 
 
 class StepSection(_Section):
@@ -159,6 +183,9 @@ class GateSection(_Section):
     holdout_tolerance: float = Field(default=0.0, ge=0)
     drift_quiet_events: int = Field(default=1000, ge=0)
     max_param_distance: float = Field(default=float("inf"), gt=0)
+    max_probe_kl: float = Field(default=float("inf"), gt=0)
+    """Cap on KL(candidate || live) over ``probe_file``, in nats (per token for causal LMs).
+    inf: no cap, but with a probe file a promotion still waits for a measurement."""
     prometheus_url: str | None = None
     promql_checks: list[dict[str, str]] = Field(default_factory=list)
     """Each ``{name, query, condition}``, e.g. ``{condition = "< 0.05"}``; config file only."""
@@ -172,7 +199,7 @@ class RollbackSection(_Section):
 
 
 class PromotionConfig(_Section):
-    """The model store, publishing, the holdout set and the drift detector."""
+    """The model store, publishing and its announcements, the holdout and probe sets, drift."""
 
     store: str = "./feedstep-store"
     """Directory of the versioned model store; ``run`` starts from its LIVE version."""
@@ -180,9 +207,49 @@ class PromotionConfig(_Section):
     """False: decisions are computed and exported but nothing is promoted or published."""
     updates_topic: str = "feedstep.model-updates"
     webhook_url: str | None = None
+    """POST every model-updates message here too (off the training thread, retried)."""
     holdout_file: str | None = None
     holdout_every_steps: int = Field(default=50, ge=1)
+    probe_file: str | None = None
+    """JSONL of ``{"prompt": ..., "response": ...}`` lines (response optional for causal LMs;
+    the first 256 are used): KL(candidate || live) over them is measured every
+    ``probe_every_steps`` steps, exported as ``feedstep_probe_kl`` and gated by ``max_probe_kl``.
+    Unset: the ``probe_kl`` check is off."""
+    probe_every_steps: int = Field(default=50, ge=1)
+    """Measure the probe every N steps: two forwards of the probe set each time."""
     drift_detector: Literal["adwin", "page_hinkley", "kswin", "ddm", "fhddm"] = "adwin"
+    vllm_url: str | None = None
+    """A vLLM server's base URL (``http://vllm:8000``, no ``/v1``): at every switch of LIVE its
+    ``/v1/load_lora_adapter`` loads the LIVE version's adapter in place. Needs
+    ``trainable = "lora"``, a causal-LM objective and vLLM run with
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``."""
+    vllm_adapter_name: str = Field(default="feedstep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """The adapter's name in vLLM: the ``model`` chat requests ask vLLM for."""
+    vllm_api_key: SecretStr | None = None
+    """vLLM's ``--api-key``, sent as ``Authorization: Bearer``; a secret, never logged."""
+    notify_timeout_s: float = Field(default=5.0, gt=0)
+    """One webhook or vLLM attempt's timeout; at shutdown, how long waiting ones still get."""
+    notify_backoff_max_s: float = Field(default=60.0, ge=1)
+    """Failed notifications are retried after 1 s, doubling up to this cap."""
+
+    @model_validator(mode="after")
+    def _urls(self) -> PromotionConfig:
+        examples = {"webhook_url": "http://hooks:8080/feedstep", "vllm_url": "http://vllm:8000"}
+        for key, example in examples.items():
+            url = getattr(self, key)
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    f"{key}={url!r} must be an http:// or https:// URL with a host, e.g. {example}"
+                )
+        if self.vllm_url is not None and urlsplit(self.vllm_url).path.rstrip("/").endswith("/v1"):
+            raise ValueError(
+                f"vllm_url={self.vllm_url!r} ends in /v1; give the server's base URL "
+                f"({self.vllm_url.rstrip('/')[:-3]!r}): feedstep appends /v1/load_lora_adapter"
+            )
+        return self
 
 
 class MetricsConfig(_Section):
@@ -253,10 +320,30 @@ class FeedstepConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_section(self) -> FeedstepConfig:
+        if self.learner.objective != "reward" and (
+            self.learner.reward_reference != "none" or self.ingest.mining != "off"
+        ):
+            raise ValueError(
+                f"reward_reference={self.learner.reward_reference!r} and "
+                f"mining={self.ingest.mining!r} work with objective 'reward' only, but "
+                f'objective={self.learner.objective!r}; set reward_reference = "none" and '
+                'mining = "off", or objective = "reward"'
+            )
         if self.learner.objective == "kto" and self.ingest.batch_size < 4:
             raise ValueError(
                 f"objective 'kto' estimates its reference point from mismatched pairs within a "
                 f"batch and needs batch_size >= 4, but batch_size={self.ingest.batch_size}"
+            )
+        if self.promotion.vllm_url is not None and (
+            self.step.trainable != "lora" or self.learner.objective not in _CAUSAL_LM
+        ):
+            raise ValueError(
+                f"vllm_url={self.promotion.vllm_url!r} hot-loads LoRA adapters into vLLM, so it "
+                f"needs trainable='lora' and a causal-LM objective ({', '.join(_CAUSAL_LM)}), "
+                f"but trainable={self.step.trainable!r} and "
+                f'objective={self.learner.objective!r}; set trainable = "lora" and objective '
+                '= "kto", "dpo" or "sft" with a causal LM (model = "smollm2" or a folder), '
+                "or unset vllm_url"
             )
         return self
 
@@ -274,7 +361,7 @@ class FeedstepConfig(BaseSettings):
         return {
             key: dumped[section][name]
             for key, (section, name) in FLAT_KEYS.items()
-            if key != "sasl_plain_password"
+            if key not in _SECRETS
         }
 
 
@@ -441,7 +528,8 @@ def _problems(exc: ValidationError) -> str:
         loc = tuple(str(x) for x in err["loc"])
         name = flat_name.get((loc[0], loc[1])) if len(loc) >= 2 else None
         where = name or ".".join(loc) or "config"
-        shown = "" if "password" in where else f" (got {err.get('input')!r})"
+        secret = any(key in where for key in _SECRETS)
+        shown = "" if secret else f" (got {err.get('input')!r})"
         if name is None and len(loc) <= 1:
             shown = ""  # a rule across fields: the message names both values
         out.append(f"{where}: {err['msg']}{shown}")

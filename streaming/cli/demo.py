@@ -42,8 +42,37 @@ most, near its end. The larger step and the shorter texts make the learning visi
 demo's few steps (and keep it near two minutes on two CPU cores).
 """
 
+LLM_DEMO_DEFAULTS: dict[str, Any] = {
+    "gate_min_events": 64,
+    "drift_quiet_events": 0,
+    "lr": 2e-3,
+    "max_length": 64,
+    "batch_size": 4,
+}
+"""The demo's departures for the causal-LM objectives (``kto``, ``dpo``, ``sft``).
+
+A 135M-parameter chat model takes seconds per step on a CPU, so a five-minute demo sees a few
+hundred events: the gate waits for fewer of them, the drift quiet period is off (an alarm in
+so short a stream would hold every promotion), and the step is the size LoRA adapters take.
+"""
+
+DEMO_EVENTS = {"reward": 2500, "kto": 160, "dpo": 160, "sft": 160}
+"""Simulated events by objective, unless ``--events`` says otherwise."""
+
+DEMO_MIX: dict[str, tuple[float, float, float, float]] = {
+    "reward": (0.6, 0.15, 0.2, 0.05),
+    "kto": (1.0, 0.0, 0.0, 0.0),
+    "dpo": (0.0, 0.0, 0.8, 0.2),
+    "sft": (0.0, 0.0, 0.5, 0.5),
+}
+"""The simulated stream's (thumb, rating, preference, correction) shares by objective: each
+objective gets the feedback it learns from (``kto`` a stream of thumbs), none is dead-lettered
+for its type."""
+
 FLAGS = (
     "model",
+    "objective",
+    "trainable",
     "batch_size",
     "lr",
     "seed",
@@ -67,23 +96,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = demo_config(args)
     print(settings_line(config, made_store=args.store is None), flush=True)
-    gen = SimulatedFeedback(seed=config.learner.seed, noise=args.noise)
-    payloads: list[bytes] = list(gen.payloads(args.events))
+    objective = config.learner.objective
+    events = args.events if args.events is not None else DEMO_EVENTS[objective]
+    gen = SimulatedFeedback(seed=config.learner.seed, noise=args.noise, mix=DEMO_MIX[objective])
+    payloads: list[bytes] = list(gen.payloads(events))
     # A few records a real stream also has: a malformed payload and a redelivered event.
-    if args.events >= 20:
+    if events >= 20:
         payloads.insert(len(payloads) // 3, b'{"event_id": "broken", "ts": "not a time"}')
         payloads.insert(2 * len(payloads) // 3, payloads[5])
     source = MemorySource(payloads, topic=config.kafka.topic)
     dead_letters, updates = MemorySink(), MemorySink()
-    model_name, _ = starting_model(config)  # --store DIR with a LIVE version: start from it
-    learner = build_learner(config, model_name)
+    model_name, live = starting_model(config)  # --store DIR with a LIVE version: start from it
+    learner = build_learner(config, model_name, live)
     metrics, health = Metrics(), HealthState()
     governor = build_governor(config, learner, updates, metrics)
     server = None
     if args.metrics_port is not None:
         server = serve_metrics(metrics, health, args.metrics_port, "127.0.0.1")
         attach_scorer(server, config, learner, governor, metrics)
-    progress = Progress(args.events, "demo events trained")
+    progress = Progress(events, "demo events trained")
     last_gate: list[Any] = []  # the gate's latest decision, to say why it held
 
     def on_decision(_events: int, decision: Any) -> None:
@@ -111,6 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         summary = pipeline.run()
     finally:
+        governor.close(config.promotion.notify_timeout_s)  # webhook/vLLM still waiting
         if server is not None:
             server.stop()
     progress.show(summary.trained_examples, progress_extra(summary, governor), force=True)
@@ -122,6 +154,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"baseline={last.baseline_accuracy:.3f} candidate={last.candidate_accuracy:.3f}; "
         f"loss baseline={last.baseline_loss:.3f} candidate={last.candidate_loss:.3f}"
     )
+    if objective in ("kto", "dpo"):
+        print(
+            f"the baseline has no accuracy under {objective}: the live model is the reference, "
+            "its implicit reward is 0 (its loss is constant), so the gate compares losses"
+        )
     for line in story_lines(governor, last_gate[0] if last_gate else None, len(updates.messages)):
         print(line)
     return 0
@@ -139,12 +176,19 @@ def demo_config(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {key: getattr(args, key) for key in FLAGS}
     overrides.update(topic="demo-feedback", publish=True)
-    given = load_config(args.config, overrides).given()  # a bad config fails here
-    for key, value in DEMO_DEFAULTS.items():
+    first = load_config(args.config, overrides)  # a bad config fails here
+    given = first.given()
+    for key, value in _demo_defaults(first.learner.objective).items():
         if key not in given:
             overrides[key] = value
     overrides["store"] = args.store or tempfile.mkdtemp(prefix="feedstep-demo-")
     return load_config(args.config, overrides)
+
+
+def _demo_defaults(objective: str) -> dict[str, Any]:
+    from learner.objectives import CAUSAL_LM
+
+    return LLM_DEMO_DEFAULTS if objective in CAUSAL_LM else DEMO_DEFAULTS
 
 
 def settings_line(config: Any, made_store: bool) -> str:
@@ -162,7 +206,9 @@ def settings_line(config: Any, made_store: bool) -> str:
     return (
         "demo settings (a smaller gate, a shorter drift quiet period, a larger step and shorter "
         "texts than `feedstep run`'s defaults, so that a promotion fits in a short stream): "
-        + " ".join(shown(key, demo) for key, demo in DEMO_DEFAULTS.items())
+        + " ".join(
+            shown(key, demo) for key, demo in _demo_defaults(config.learner.objective).items()
+        )
         + f"; publishing to {store} {config.promotion.store}, kept after the demo "
         f"(run: {run_default('store')})"
     )
@@ -209,6 +255,11 @@ def story_lines(governor: Any, last_gate: Any, announcements: int) -> list[str]:
     live = store.live()
     origin = "the starting model" if live is not None and live.parent is None else "promoted"
     size_mb = sum(f.stat().st_size for f in store.root.rglob("*") if f.is_file()) / 1e6
+    if live is not None and live.kind == "lora":
+        lines.append(
+            f"LIVE version {live.version} is a LoRA adapter over {(live.base or {}).get('name')}: "
+            f"{live.path / 'adapter'} (PeftModel.from_pretrained or vLLM's load_lora_adapter)"
+        )
     lines.append(
         f"model store {store.root}: LIVE version {live.version if live else 'none'} ({origin}) "
         f"of {len(versions)}, {announcements} model-updates messages, {size_mb:.0f} MB; "

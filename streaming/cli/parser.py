@@ -36,9 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run the pipeline and the promotion gate on a built-in simulated stream"
     )
-    demo.add_argument("--events", type=int, default=2500, help="simulated events (default 2500)")
+    demo.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="simulated events (default 2500; 160 for kto, dpo and sft)",
+    )
     demo.add_argument("--metrics-port", type=int, default=None, help="serve /metrics while running")
-    demo.add_argument("--model", default=None, help="minilm (default), tiny, or a local folder")
+    demo.add_argument(
+        "--model", default=None, help="minilm (default), smollm2, tiny, tiny-causal, or a folder"
+    )
+    demo.add_argument(
+        "--objective", default=None, choices=("reward", "kto", "dpo", "sft"), help="default reward"
+    )
+    demo.add_argument(
+        "--trainable", default=None, choices=("full", "head", "bias", "lora"), help="default full"
+    )
     demo.add_argument("--batch-size", type=int, default=None)
     demo.add_argument("--lr", type=float, default=None, help="learning rate (demo default 5e-5)")
     demo.add_argument("--noise", type=float, default=0.1, help="share of flipped labels")

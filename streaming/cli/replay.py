@@ -53,11 +53,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     }
     overrides["publish"] = False  # a replay is a dry run, whatever the config file says
     config = load_config(args.config, overrides)
-    model_name = starting_model(config)[0] if args.store else config.learner.model
+    model_name, live = starting_model(config) if args.store else (config.learner.model, None)
     # The source first: a wrong SOURCE or range fails before minutes of model loading.
     replay = open_replay_source(args.source, config, **range_options(args))
     try:
-        learner = build_learner(config, model_name)
+        learner = build_learner(config, model_name, live)
         metrics = Metrics()
         governor = build_governor(config, learner, None, metrics)
         recorder = ReplayRecorder()

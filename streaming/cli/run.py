@@ -47,12 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     }
     config = load_config(args.config, overrides)
-    model_name, live_version = starting_model(config)  # a broken store fails before any I/O
+    model_name, live = starting_model(config)  # a broken store fails before any I/O
+    live_version = live.version if live is not None else None
     metrics, health = Metrics(), HealthState()
     health.set_ready(False, "loading model")
     server = serve_metrics(metrics, health, config.metrics.port, config.metrics.host)
     try:
-        learner = build_learner(config, model_name)
+        learner = build_learner(config, model_name, live)
         metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
         metrics.parameters.labels(kind="total").set(learner.total_parameters)
         metrics.model_info.info(
@@ -96,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             summary = pipeline.run()
         finally:
+            governor.close(config.promotion.notify_timeout_s)  # webhook/vLLM still waiting
             sink.close()
             source.close()
         print(summary_line(summary))

@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             check = "  check  " if args.verify else "  "
             print(
                 f"    {'version':>7}  {'parent':>6}  {'created_at':<24}  {'objective':<9}"
-                f"{check}metrics / reason"
+                f"  {'kind':<4}{check}metrics / reason"
             )
         for v in reversed(versions):
             mark = "*" if v.version == live else " "
@@ -111,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 state = "  ok     " if reports[v.version].ok else "  CORRUPT"
             print(
                 f"  {mark} {v.version:>7}  {parent:>6}  {v.created_at:<24}  {v.objective:<9}"
-                f"{state or '  '}{_fmt_metrics(v.metrics)} / {v.reason}"
+                f"  {v.kind:<4}{state or '  '}{_fmt_metrics(v.metrics)} / {v.reason}"
             )
             for problem in reports[v.version].problems if args.verify else ():
                 print(f"              {problem}")

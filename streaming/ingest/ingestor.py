@@ -6,13 +6,23 @@ de-duplication window, the objective's own check of an example, the batcher, and
 **segment** — the records read since the previous batch closed (its events plus the rejects
 and duplicates in between), which a batch carries so that its offsets are applied only once its
 step is done (:mod:`streaming.ingest.offsets`).
+
+With mining on, every accepted event also goes through the
+:class:`~streaming.ingest.mining.PairMiner`; a pair it completes joins the micro-batch of the
+event that completed it (after that event's own example, even when that makes the batch one
+longer), so it is scored before it trains like any example and is applied, checkpointed and
+committed with that event's offset (``Batch.mined`` flags it: it is no evidence for the gate).
+The miner's buffers are snapshotted at every batch close; once a batch is applied its snapshot
+is what a checkpoint saves (:meth:`Ingestor.mining_snapshot`), exactly as the applied events
+left them, as the de-duplication window leaves out events not yet applied.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from learner.base import Example, Objective, TensorBatch
@@ -22,23 +32,31 @@ from streaming.events import DecodeLimits, Rejection, RejectReason, decode_event
 from streaming.ingest.batcher import MicroBatcher
 from streaming.ingest.deadletter import send_to_dead_letter
 from streaming.ingest.dedup import Deduplicator
+from streaming.ingest.mining import MinerState, MiningSettings, PairMiner
 from streaming.ingest.offsets import Segment, id_hash
 
 log = logging.getLogger("streaming.runtime.pipeline")
 
-Item = tuple[Example, float, Any]
-"""One accepted event in the batcher: its example, event time (epoch s), gate features."""
+Item = tuple[Example, float, Any, bool]
+"""One example in the batcher: the example, event time (epoch s), gate features, and whether it
+is a mined pair."""
 
 
 @dataclass(slots=True)
 class Batch:
-    """A closed micro-batch: its examples, event times, gate features and segment."""
+    """A closed micro-batch: its examples, event times, gate features and segment.
+
+    ``mined`` flags the mined pairs among the examples (empty: none). They train like the
+    others but are no paired evidence for the gate: when a pair is scored the candidate has
+    already trained on its first half's label, so its loss difference is not test-then-train.
+    """
 
     examples: list[Example]
     ts: list[float]
     features: list[Any]
     segment: Segment
     tensors: TensorBatch | None = None
+    mined: list[bool] = field(default_factory=list)
 
 
 class Ingestor:
@@ -57,6 +75,7 @@ class Ingestor:
         on_dead_letter: Called after each dead letter is queued (the next commit flushes them).
         on_give_up: Called with where each partition of a given-up open segment starts: the
             source must read it again from there.
+        mining: How thumbs and ratings are paired (None or mode ``off``: not at all).
 
     Example:
         >>> from monitors.metrics import Metrics
@@ -84,6 +103,7 @@ class Ingestor:
         features: Callable[[str, str, str], Any] | None = None,
         on_dead_letter: Callable[[], None] = lambda: None,
         on_give_up: Callable[[dict[TopicPartition, int]], None] = lambda starts: None,
+        mining: MiningSettings | None = None,
     ) -> None:
         self.objective = objective
         self.summary = summary
@@ -100,6 +120,15 @@ class Ingestor:
         self.dedup = Deduplicator(dedup_window)
         self.segment = Segment()  # read since the last batch closed
         self.unapplied: set[str] = set()  # in the dedup window, not yet applied
+        self.miner = PairMiner(mining) if mining is not None and mining.mode != "off" else None
+        self._replace = mining is not None and mining.mode == "replace"
+        if self.miner is not None:
+            for why in self.miner.evicted:  # at 0 from the start, like the dead letters
+                metrics.mining_evictions.labels(reason=why)
+        self._mined_applied = MinerState({})  # the buffers as the applied events left them
+        self._mined_at_close = self._mined_applied  # ... as the last closed batch left them
+        self._mined_closed: deque[tuple[Segment, MinerState]] = deque()  # closed, not applied
+        self._mining_counted: tuple[int, dict[str, int]] = (0, {})  # already in the metrics
 
     def ingest(self, records: list[Record]) -> list[Batch]:
         """Decode, validate, de-duplicate and batch the records of one poll.
@@ -149,7 +178,18 @@ class Ingestor:
                     if self.features is not None
                     else None
                 )
-                full = batcher.add((example, event.ts_epoch_s, features))
+                items: list[Item] = [(example, event.ts_epoch_s, features, False)]
+                if self.miner is not None:
+                    pair = self.miner.feed((record.topic, record.partition), event)
+                    if pair is not None:
+                        mined: Item = (pair, event.ts_epoch_s, features, True)
+                        items = [mined] if self._replace else [*items, mined]
+                full = None
+                for item in items:  # a mined pair stays in its completing event's batch
+                    if full is None:
+                        full = batcher.add(item)
+                    else:
+                        full.append(item)
                 if full:
                     self.segment.read_all(records[first : i + 1])
                     first = i + 1
@@ -157,6 +197,8 @@ class Ingestor:
             if first < len(records):
                 self.segment.read_all(records[first:])
         finally:
+            if self.miner is not None:
+                self._count_mining()
             if accepted:
                 self.metrics.events.labels(outcome="accepted").inc(accepted)
             if duplicates:
@@ -204,6 +246,8 @@ class Ingestor:
         """Drop the open segment: its events are forgotten and will be read again."""
         segment, self.segment = self.segment, Segment()
         self.batcher.flush()
+        if self.miner is not None:  # they will be mined again when read again
+            self.miner.load(self._mined_at_close)
         self.forget(segment)
         if segment.start:
             self.on_give_up(dict(segment.start))
@@ -213,10 +257,22 @@ class Ingestor:
         self.dedup.forget(segment.event_ids)
         self.unapplied.difference_update(segment.event_ids)
         self.summary.given_up += len(segment.event_ids)
+        closed = self._mined_closed
+        at = next((i for i, (s, _) in enumerate(closed) if s is segment), None)
+        if self.miner is not None and at is not None:
+            # A closed batch given up (and those after it): mining rewinds to before it.
+            before = closed[at - 1][1] if at else self._mined_applied
+            while len(closed) > at:
+                closed.pop()
+            self.miner.load(before)
+            self._mined_at_close = before
 
     def applied(self, segment: Segment) -> None:
         """A segment's step is done: its events are remembered by checkpoints from now on."""
         self.unapplied.difference_update(segment.event_ids)
+        closed = self._mined_closed
+        if closed and closed[0][0] is segment:  # batches are applied in order
+            self._mined_applied = closed.popleft()[1]
 
     def snapshot(self) -> list[Any]:
         """The de-duplication window of applied events, for a checkpoint."""
@@ -226,13 +282,46 @@ class Ingestor:
         """The de-duplication window saved by :meth:`snapshot`."""
         self.dedup = Deduplicator.restore(chunks, window)
 
+    def mining_snapshot(self) -> dict[str, Any] | None:
+        """The miner's buffers as the applied events left them, for a checkpoint (JSON)."""
+        return self._mined_applied.to_json() if self.miner is not None else None
+
+    def restore_mining(self, saved: dict[str, Any] | None) -> None:
+        """The buffers saved by :meth:`mining_snapshot` (None: start empty, e.g. mining was off).
+
+        Raises:
+            ValueError: ``saved`` is not a mining state (says what was found).
+        """
+        if self.miner is None:
+            return
+        state = MinerState.from_json(saved) if saved is not None else MinerState({})
+        self.miner.load(state)
+        self._mined_applied = self._mined_at_close = state
+        self._mined_closed.clear()
+
+    def _count_mining(self) -> None:
+        miner, m = self.miner, self.metrics
+        assert miner is not None
+        seen = self._mining_counted
+        if miner.mined != seen[0]:
+            m.mining_pairs.inc(miner.mined - seen[0])
+        for reason, n in miner.evicted.items():
+            if n != seen[1].get(reason, 0):
+                m.mining_evictions.labels(reason=reason).inc(n - seen[1].get(reason, 0))
+        self._mining_counted = (miner.mined, dict(miner.evicted))
+        m.mining_pending.set(miner.pending)
+
     def _close(self, items: list[Item]) -> Batch:
         segment, self.segment = self.segment, Segment()
+        if self.miner is not None:
+            self._mined_at_close = self.miner.snapshot()
+            self._mined_closed.append((segment, self._mined_at_close))
         return Batch(
-            examples=[e for e, _, _ in items],
-            ts=[t for _, t, _ in items],
-            features=[f for _, _, f in items],
+            examples=[e for e, _, _, _ in items],
+            ts=[t for _, t, _, _ in items],
+            features=[f for _, _, f, _ in items],
             segment=segment,
+            mined=[m for *_, m in items] if self.miner is not None else [],
         )
 
     def _reject(self, record: Record, rejection: Rejection) -> None:

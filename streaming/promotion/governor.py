@@ -4,8 +4,9 @@ After every step the :class:`Governor` feeds the paired per-event losses and err
 monitors, asks the gate for a decision, and acts on it:
 
 * **promote**: write the candidate as a new version in the model store, switch ``LIVE``,
-  announce it on the model-updates topic (and an optional webhook), make the candidate the new
-  baseline (the L2-SP anchor and the sequential test restart from it);
+  announce it on the model-updates topic (and, from the notifier's own thread, to an optional
+  webhook and vLLM), make the candidate the new baseline (the L2-SP anchor and the sequential
+  test restart from it);
 * **rollback**: when the rollback watch finds the promoted version worse than the one before
   (or a drift alarm fires on the live model's error stream), switch ``LIVE`` back, load the
   previous weights into both models, and announce it.
@@ -22,15 +23,15 @@ import logging
 import math
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from learner.base import TensorBatch
+from learner.probe import Probe, ProbeResult
 from learner.step import Learner, StepResult
-from learner.store import ModelStore
+from learner.store import ADAPTER_DIR, ModelStore, check_fits, read_state
 from monitors.alarms import DriftAlarm
 from monitors.decision import GateDecision, RollbackDecision
 from monitors.drift import DriftMonitor
@@ -39,6 +40,7 @@ from monitors.input_drift import InputDriftMonitor, InputFeatures
 from monitors.metrics import Metrics
 from monitors.rollback import RollbackConfig, RollbackWatch
 from streaming.base import Sink
+from streaming.promotion.notify import Notifier, NotifySettings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class GovernanceSettings:
     publish: bool = True
     webhook_url: str | None = None
     holdout_every_steps: int = 50
+    probe_every_steps: int = 50
     boost_factor: float = 2.0
     boost_steps: int = 50
     input_drift: bool = True
@@ -84,6 +87,11 @@ class Governor:
         holdout: a fixed holdout batch (already collated), scored every
             ``holdout_every_steps`` steps; ``None`` leaves the holdout check inconclusive.
         objective: the objective's name for manifests.
+        probe: the probe set (:class:`learner.probe.Probe`), measured every
+            ``probe_every_steps`` steps; its KL(candidate ‖ live) feeds the gate's ``probe_kl``
+            check and ``feedstep_probe_kl``. ``None`` switches that check off.
+        notifier: delivers the webhook and vLLM hot-loads on its own thread; None: one for
+            ``settings.webhook_url`` alone. :meth:`close` closes it.
 
     Attributes:
         on_decision: called after every step with the events seen so far and each decision
@@ -101,6 +109,8 @@ class Governor:
         lock: threading.Lock | None = None,
         holdout: TensorBatch | None = None,
         objective: str = "reward",
+        notifier: Notifier | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.learner = learner
         self.store = store
@@ -113,7 +123,13 @@ class Governor:
         self.lock = lock or threading.Lock()
         self.holdout = holdout
         self.objective = objective
-        self.gate = Gate(s.gate)
+        self.notifier = notifier or Notifier(NotifySettings(webhook_url=s.webhook_url), metrics)
+        self._said_not_lora = False
+        self.probe = probe
+        self.probe_result: ProbeResult | None = None
+        """The latest probe measurement since the last switch (None: not measured since)."""
+        # The gate's probe_kl check is off exactly when there is no probe to measure.
+        self.gate = Gate(replace(s.gate, probe_configured=probe is not None))
         self.watch = RollbackWatch(s.rollback)
         self.candidate_errors = DriftMonitor(
             "candidate_error",
@@ -147,7 +163,7 @@ class Governor:
         if not self.settings.publish or self.store is None or self.live_version is not None:
             return
         info = self.store.publish(
-            self.learner.baseline,
+            self.learner.publishable("baseline"),
             tokenizer,
             objective=self.objective,
             metrics={},
@@ -175,6 +191,8 @@ class Governor:
         self.steps += 1
         if self.holdout is not None and self.steps % self.settings.holdout_every_steps == 0:
             self._score_holdout()
+        if self.probe is not None and self.steps % self.settings.probe_every_steps == 0:
+            self._measure_probe()
 
         rollback = self.watch.decide()
         self.metrics.record_rollback_watch(rollback)
@@ -182,10 +200,14 @@ class Governor:
             self.on_decision(self.events, rollback)
         if rollback.action == "rollback":
             self._rollback(rollback)
+            self._forget_probe()  # both models now hold the version rolled back to
             return
         with self.lock:
             distance = self.learner.param_distance()
-        decision = self.gate.decide(holdout=self._holdout_result, param_distance=distance)
+        probe_kl = self.probe_result.kl if self.probe_result is not None else None
+        decision = self.gate.decide(
+            holdout=self._holdout_result, param_distance=distance, probe_kl=probe_kl
+        )
         self.metrics.record_gate(decision)
         if self.on_decision is not None:
             self.on_decision(self.events, decision)
@@ -202,6 +224,31 @@ class Governor:
             step=self.steps,
         )
 
+    def _measure_probe(self) -> None:
+        assert self.probe is not None
+        with self.lock:
+            result = self.probe.measure(self.learner)
+        self.probe_result = result
+        self.metrics.record_probe(result.kl, result.score_drift, result.seconds)
+        gap = result.score_drift
+        drift = "" if gap is None else f", mean |reward change| {gap:.4g}"
+        log.info(
+            "probe at step %d: KL(candidate || live) %.4g nats over %d %s of %d probes%s (%.2f s)",
+            self.steps,
+            result.kl,
+            result.positions,
+            "tokens" if result.score_drift is None else "lines",
+            len(self.probe),
+            drift,
+            result.seconds,
+        )
+
+    def _forget_probe(self) -> None:
+        """After a switch both models are the same: the old value is void until measured again."""
+        self.probe_result = None
+        if self.probe is not None:
+            self.metrics.record_probe(None)
+
     # -- acting -----------------------------------------------------------------------------
     def _promote(self, decision: GateDecision, tokenizer: Any) -> None:
         record = json.loads(decision.to_json())
@@ -214,7 +261,7 @@ class Governor:
         if self.settings.publish and self.store is not None:
             with self.lock:
                 info = self.store.publish(
-                    self.learner.candidate,
+                    self.learner.publishable("candidate"),
                     tokenizer,
                     objective=self.objective,
                     metrics=metrics,
@@ -236,6 +283,7 @@ class Governor:
         self.gate.reset()
         self.watch.promoted(str(new), str(old) if old is not None else None)
         self._holdout_result = None
+        self._forget_probe()
         self.history.append(Event(self.events, "promote", {"to": new, "from": old, **record}))
         log.info(
             "promoted version %s (parent %s) after %d events: %s",
@@ -249,12 +297,15 @@ class Governor:
         record = json.loads(decision.to_json())
         old = self.live_version
         if self.settings.publish and self.store is not None:
-            from learner.models import load_reward_model
-
+            # Read the weights before LIVE moves (off the lock: a full model takes seconds), so
+            # a version this learner cannot load is refused before anything switches.
+            target = self.store.rollback_target()
+            state = self._state_of(target) if target is not None else None
             with self.lock:
                 switch = self.store.rollback(decision.reason, ACTOR)
-                model, _ = load_reward_model(self.store.path(switch.to_version))
-                self.learner.reset_to(model.state_dict())
+                if state is None or switch.to_version != target:  # an operator switched too
+                    state = self._state_of(switch.to_version)
+                self.learner.reset_to(state)
                 self.live_version = switch.to_version
             new: int | None = switch.to_version
             self._announce(
@@ -268,6 +319,13 @@ class Governor:
         self.gate.reset()
         self.history.append(Event(self.events, "rollback", {"to": new, "from": old, **record}))
         log.warning("rolled back from version %s to %s: %s", old, new, decision.reason)
+
+    def _state_of(self, version: int) -> dict[str, Any]:
+        """The stored weights of ``version``, checked to fit the learner (kind, base)."""
+        assert self.store is not None
+        info = self.store.version(version)
+        check_fits(info, self.learner.config.trainable, self.learner.base)
+        return read_state(info)
 
     def _announce(
         self,
@@ -298,17 +356,52 @@ class Governor:
         if self.updates is not None:
             self.updates.send(self.settings.updates_topic, body, key=str(version).encode())
             self.updates.flush()
-        if self.settings.webhook_url:
-            try:
-                request = urllib.request.Request(
-                    self.settings.webhook_url,
-                    data=body,
-                    headers={"Content-Type": "application/json"},
-                    method="POST",
+        # HTTP targets are queued, never awaited here: this runs on the training thread, and a
+        # slow or unreachable webhook or vLLM must not stall training (the switch happened).
+        self.notifier.webhook(version, body)
+        self._hot_load(version)
+
+    def _hot_load(self, version: int) -> None:
+        """Ask vLLM (when ``vllm_url`` is set) to load ``version``'s adapter in place."""
+        if "vllm" not in self.notifier.targets or self.store is None:
+            return
+        info = self.store.version(version)
+        if info.kind != "lora":
+            if not self._said_not_lora:
+                self._said_not_lora = True
+                log.warning(
+                    "vllm_url is set but version %d is of kind %r: vLLM hot-load needs versions "
+                    "of kind 'lora' (trainable = \"lora\"), so no version of another kind is "
+                    "hot-loaded (said once)",
+                    version,
+                    info.kind,
                 )
-                urllib.request.urlopen(request, timeout=5).close()
-            except OSError as exc:  # the switch happened; a webhook outage must not undo it
-                log.warning("model-updates webhook failed: %s", exc)
+            return
+        adapter = info.path / ADAPTER_DIR
+        if not (adapter / "adapter_config.json").is_file():  # vLLM would refuse it forever
+            log.warning(
+                "version %d is of kind 'lora' but has no %s/adapter_config.json; not hot-loaded",
+                version,
+                ADAPTER_DIR,
+            )
+            return
+        self.notifier.hot_load(version, adapter)
+
+    def hot_load_live(self) -> None:
+        """Hot-load the LIVE version into vLLM, e.g. at start, when it was published earlier.
+
+        vLLM forgets adapters loaded at run time when it restarts, and a switch may have been
+        made while this process was down; loading LIVE at start puts both right.
+        """
+        if self.live_version is not None and self.settings.publish:
+            self._hot_load(self.live_version)
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Deliver the notifications still waiting (within ``timeout_s``) and stop their thread.
+
+        Returns True when nothing was left undelivered.
+        """
+        return self.notifier.close(timeout_s)
 
     # -- alarms -----------------------------------------------------------------------------
     def _candidate_alarm(self, alarm: DriftAlarm) -> None:

@@ -3,7 +3,8 @@
 A segment whose step is done is *applied* (:meth:`CheckpointTracker.apply`): it moves the
 per-partition ``applied`` offsets and extends the :class:`~streaming.ingest.offsets.Ledger`. A
 checkpoint holds the weights together with exactly those offsets, the ledger, the
-de-duplication window of applied events and the governor's state; only once it is on disk are
+de-duplication window of applied events, the pair miner's buffers as the applied events left
+them, and the governor's state; only once it is on disk are
 its offsets committed (:class:`~streaming.runtime.commits.Committer`). A restart restores the
 newest intact checkpoint and seeks every partition to its offsets, so the model state is a
 function of exactly the events it trained on. Without a checkpoint manager, applied offsets are
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from learner.checkpoint import CheckpointManager
+from learner.checkpoint import CheckpointError, CheckpointManager
 from monitors.metrics import Metrics
 from streaming.base import Source, TopicPartition
 from streaming.ingest.ingestor import Ingestor
@@ -159,6 +160,7 @@ class CheckpointTracker:
                             "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
                             "ledger": self.ledger.to_json(),
                             "dedup": self.ingestor.snapshot(),
+                            "mining": self.ingestor.mining_snapshot(),
                             "governor": (
                                 self.governor.state_dict() if self.governor is not None else None
                             ),
@@ -199,6 +201,10 @@ class CheckpointTracker:
         self.offsets.update(offsets)
         self.ledger = Ledger.from_json(extra.get("ledger"))
         self.ingestor.restore(extra.get("dedup", []), self.dedup_window)
+        try:
+            self.ingestor.restore_mining(extra.get("mining"))
+        except ValueError as exc:
+            raise CheckpointError(f"{loaded.path}: {exc}") from exc
         if self.governor is not None and extra.get("governor") is not None:
             self.governor.load_state_dict(extra["governor"])
         log.info(

@@ -22,10 +22,10 @@ Effectively-once. The records read since the previous batch closed form a **segm
 segment of rejects and duplicates only is applied when nothing is in flight). Applied segments
 move the per-partition ``applied`` offsets and extend the
 :class:`~streaming.ingest.offsets.Ledger`. A checkpoint holds the weights together with exactly
-those offsets, the ledger, the ids of the applied events for de-duplication and the monitors'
-state; Kafka offsets are committed only after the checkpoint that covers them is on disk. A
-restart seeks every partition to the checkpoint's offsets, so the model state is a function of
-exactly the events it trained on.
+those offsets, the ledger, the ids of the applied events for de-duplication, the pair miner's
+buffers and the monitors' state; Kafka offsets are committed only after the checkpoint that
+covers them is on disk. A restart seeks every partition to the checkpoint's offsets, so the
+model state is a function of exactly the events it trained on.
 
 Rebalances and shutdown settle the same way: close the open batch, finish every step in
 flight, checkpoint, commit — then release the partitions or exit. A batch smaller than the
@@ -41,8 +41,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import torch
+
+from learner.base import ObjectiveOutput
 from learner.checkpoint import CheckpointManager
 from learner.step import Learner, StepResult
 from monitors.metrics import Metrics
@@ -53,6 +57,7 @@ from streaming.config import FeedstepConfig
 from streaming.errors import PipelineError
 from streaming.events import DecodeLimits
 from streaming.ingest.ingestor import Batch, Ingestor
+from streaming.ingest.mining import MiningSettings
 from streaming.ingest.offsets import Ledger
 from streaming.promotion.governor import Governor, features_of
 from streaming.runtime.checkpoints import CheckpointTracker
@@ -89,6 +94,7 @@ class PipelineSettings:
     commit_backoff_s: float = 0.5
     commit_backoff_max_s: float = 30.0
     gc_freeze: bool = True
+    mining: MiningSettings = field(default_factory=MiningSettings)
 
     @classmethod
     def from_config(cls, config: FeedstepConfig) -> PipelineSettings:
@@ -113,6 +119,13 @@ class PipelineSettings:
             checkpoint_every_steps=max(1, config.checkpoints.every_steps),
             checkpoint_every_s=config.checkpoints.every_s,
             shutdown_timeout_s=run.shutdown_timeout_s,
+            mining=MiningSettings(
+                mode=ingest.mining,
+                window_events=ingest.mining_window_events,
+                window_s=ingest.mining_window_s,
+                min_rating_gap=ingest.mining_min_rating_gap,
+                max_pending=ingest.mining_max_pending,
+            ),
         )
 
 
@@ -187,6 +200,7 @@ class Pipeline:
             features=features_of if governor is not None else None,
             on_dead_letter=self.commits.dead_lettered,
             on_give_up=self._read_again,
+            mining=s.mining,
         )
         self.stages = Stages(
             learner,
@@ -397,12 +411,13 @@ class Pipeline:
                 f"the step failed ({type(result).__name__}: {result}); offsets of the failed "
                 "batch were not committed, so its events will be read again on restart"
             ) from result
-        self.telemetry.account(result, batch.ts)
+        evidence, ts, features = _evidence(result, batch)
+        self.telemetry.account(evidence, ts)
         switched = False
         if self.governor is not None:
             live = self.governor.live_version
             self.governor.after_step(
-                result, batch.features, getattr(self.learner.objective, "tokenizer", None)
+                evidence, features, getattr(self.learner.objective, "tokenizer", None)
             )
             switched = self.governor.live_version != live  # checkpoint now: a restart keeps it
         if self.on_progress is not None:
@@ -445,3 +460,26 @@ class Pipeline:
                 )
         finally:
             self.stages.stop(self.settings.shutdown_timeout_s)
+
+
+def _evidence(result: StepResult, batch: Batch) -> tuple[StepResult, list[float], list[Any]]:
+    """The step's paired outcomes without its mined pairs, for the monitors and the gate.
+
+    A mined pair trains, but it is no test-then-train evidence: the candidate already trained
+    on its first half's label (see :class:`~streaming.ingest.ingestor.Batch`).
+    """
+    if not any(batch.mined):
+        return result, batch.ts, batch.features
+    keep = torch.tensor([not m for m in batch.mined])
+
+    def events_only(out: ObjectiveOutput) -> ObjectiveOutput:
+        return ObjectiveOutput(
+            loss=out.loss[keep], score=out.score[keep], correct=out.correct[keep]
+        )
+
+    kept = replace(
+        result, candidate=events_only(result.candidate), baseline=events_only(result.baseline)
+    )
+    ts = [t for t, m in zip(batch.ts, batch.mined, strict=True) if not m]
+    features = [f for f, m in zip(batch.features, batch.mined, strict=True) if not m]
+    return kept, ts, features

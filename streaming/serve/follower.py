@@ -11,10 +11,11 @@ anything but what LIVE names.
 A switch is atomic and never fails a request:
 
 1. off the lock, on the follower's own thread: read the version's manifest (refusing a ``kind``
-   other than ``full`` and a model type other than ``reward_model``), check every file against
-   its sha256 (:meth:`learner.store.ModelStore.verify`), load it
-   (:func:`learner.models.load_reward_model`), and score one fixed probe with it (a finite
-   reward, or it is refused);
+   other than ``full`` or ``lora`` and a model type other than ``reward_model``), check every
+   file against its sha256 (:meth:`learner.store.ModelStore.verify`), load it
+   (:func:`learner.models.load_reward_version`: a LoRA adapter is merged into its base, whose
+   digest must match the manifest's), and score one fixed probe with it (a finite reward, or
+   it is refused);
 2. under the lock, replace the served version (model, objective, version number) in one go.
 
 Requests go through the trainer's own :class:`streaming.serve.score.Scorer`, which scores under
@@ -56,7 +57,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FollowSettings", "Follower", "VersionRefused"]
 
-SERVED_KIND = "full"
+SERVED_KINDS = ("full", "lora")
 SERVED_MODEL_TYPE = "reward_model"
 RETRY_MAX_S = 60.0
 """A refused LIVE version is tried again after poll_s, then twice as long each time, up to this."""
@@ -283,7 +284,7 @@ class Follower:
 
     def _load(self, store: ModelStore, version: int) -> _Served:
         """Load ``version`` fully, off the lock; :class:`VersionRefused` says why it cannot be."""
-        from learner.models import load_reward_model
+        from learner.models import load_reward_version
 
         try:
             info = store.version(version)
@@ -299,7 +300,7 @@ class Follower:
                 f"its files fail the manifest check ({'; '.join(report.problems[:3])})",
             )
         try:
-            model, tokenizer = load_reward_model(info.path)
+            model, tokenizer = load_reward_version(info)
             objective = RewardObjective(tokenizer, max_length=self.settings.max_length)
             model = model.to(self._device).eval().requires_grad_(False)
             with torch.no_grad():
@@ -381,11 +382,11 @@ class Follower:
 
 
 def _check_servable(info: VersionInfo) -> None:
-    if info.kind != SERVED_KIND:
+    if info.kind not in SERVED_KINDS:
         raise VersionRefused(
             "unsupported",
-            f"it is of kind {info.kind!r}; the follower serves kind {SERVED_KIND!r} (all weights) "
-            "only - publish a full version (merge LoRA adapters first) or promote another one",
+            f"it is of kind {info.kind!r}; the follower serves kinds {SERVED_KINDS} - promote "
+            "another version",
         )
     if info.model_type != SERVED_MODEL_TYPE:
         raise VersionRefused(

@@ -124,6 +124,52 @@ def test_hh_rlhf_prints_the_pairwise_accuracy_of_a_short_pass():
     assert "pairs=16 steps=4" in out
 
 
+def test_thumbs_prints_pairwise_accuracy_for_every_configuration():
+    if not HH_RLHF.is_file():
+        pytest.fail(f"the HH-RLHF test split is expected at {HH_RLHF.resolve()} (../shared/data)")
+    out = run_bench(
+        "thumbs.py",
+        "--data", str(HH_RLHF),
+        "--model", "tiny",
+        "--device", "cpu",
+        "--limit", "16",
+        "--batch-size", "4",
+        "--max-length", "32",
+        "--max-gap", "8",
+        "--gate-min-events", "8",
+        "--threads", "1",
+    )  # fmt: skip
+    assert 0.0 <= result(out, "pairwise") <= 1.0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:7]}
+    assert list(rows) == ["plain", "live", "mean", "mining", "both", "shuffled"]
+    assert rows["plain"][6] == "0" and int(rows["mining"][6]) > 0  # pairs mined
+    assert rows["shuffled"][8] == "0"  # the control: no promotion
+    assert "pairs=16 events=32" in out
+
+
+def test_hh_rlhf_with_dpo_and_lora_stops_at_its_time_budget():
+    if not HH_RLHF.is_file():
+        pytest.fail(f"the HH-RLHF test split is expected at {HH_RLHF.resolve()} (../shared/data)")
+    out = run_bench(
+        "hh_rlhf.py",
+        "--data", str(HH_RLHF),
+        "--objective", "dpo",
+        "--model", "tiny-causal",
+        "--trainable", "lora",
+        "--device", "cpu",
+        "--limit", "64",
+        "--pairs-per-step", "4",
+        "--max-length", "32",
+        "--lr", "1e-3",
+        "--threads", "1",
+        "--time-budget-s", "0",
+    )  # fmt: skip
+    assert 0.0 <= result(out, "pairwise_accuracy") <= 1.0
+    assert "objective=dpo trainable=lora" in out
+    steps = int(re.search(r" steps=(\d+) ", out).group(1))
+    assert 1 <= steps < 16  # the budget stopped it before the 64 pairs were through
+
+
 @pytest.mark.integration
 def test_ingest_prints_the_ratio_to_a_bare_consumer(kafka_bootstrap):
     topic = f"feedstep-bench-smoke-{uuid.uuid4().hex[:8]}"
@@ -138,3 +184,22 @@ def test_ingest_prints_the_ratio_to_a_bare_consumer(kafka_bootstrap):
     )  # fmt: skip
     assert result(out, "ratio") > 0
     assert f"deleted {topic}" in out
+
+
+def test_score_latency_prints_idle_and_training_percentiles():
+    out = run_bench(
+        "score_latency.py",
+        "--model", "tiny",
+        "--device", "cpu",
+        "--requests", "10",
+        "--responses", "3",
+        "--tokens", "24",
+        "--train-events", "4000",
+        "--threads", "1",
+    )  # fmt: skip
+    idle = re.search(r"^idle: requests=10 p50_ms=([\d.]+) p99_ms=([\d.]+)", out, re.M)
+    busy = re.search(r"^training: requests=10 .* steps_meanwhile=(\d+)", out, re.M)
+    assert idle and busy, out
+    assert 0 < float(idle.group(1)) <= float(idle.group(2))
+    assert int(busy.group(1)) >= 1  # the requests were served while steps ran
+    assert result(out, "p99_training_ms") > 0

@@ -127,6 +127,7 @@ def test_the_alerts_issue_15_asks_for_are_there():
         "FeedstepNotReady",
         "FeedstepScoreErrors",  # 5xx share of POST /v1/score
         "FeedstepScoreSlow",  # p99 of POST /v1/score latency
+        "FeedstepHotLoadFailing",  # vLLM refuses or cannot be reached for the LIVE adapter
     }
 
 

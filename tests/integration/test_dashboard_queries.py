@@ -8,7 +8,8 @@ the time range of the run. The stream is built so that every panel has something
 valid feedback (steps, latencies, prequential windows, the gate), malformed records (dead
 letters), re-sent events (duplicates), events whose weight overflows float32 (skipped steps),
 a learnable first half (a promotion) and an inverted second half (drift alarms and a rollback),
-and a few POST /v1/score requests, good and malformed (the score endpoint's panels).
+a few POST /v1/score requests, good and malformed (the score endpoint's panels), and a probe
+file (the forgetting panel).
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def sidecar(kafka_bootstrap, topic_name, tmp_path):
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(topic_name, num_partitions=PARTITIONS, replication_factor=1)])
     admin.close()
+    # A probe set, so the forgetting panel has a KL to show (a cap it never reaches).
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text(
+        "".join(
+            json.dumps({"prompt": f"question {i}?", "response": f"answer {i}."}) + "\n"
+            for i in range(8)
+        )
+    )
     config = tmp_path / "feedstep.toml"
     config.write_text(
         "\n".join(
@@ -150,6 +159,9 @@ def sidecar(kafka_bootstrap, topic_name, tmp_path):
                 "lr = 0.001",
                 "max_length = 64",
                 f'updates_topic = "{topic_name}.updates"',
+                f'probe_file = "{probe}"',
+                "probe_every_steps = 2",
+                "max_probe_kl = 100.0",
             ]
         )
     )

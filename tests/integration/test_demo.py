@@ -78,3 +78,30 @@ def test_demo_on_the_bundled_model_says_why_it_did_not_promote(tmp_path):
     store = ModelStore(store_dir, create=False)
     assert store.live_version() == 1 and len(store.versions()) == 1  # the starting model only
     assert "demo events trained: 96/96 " in proc.stderr
+
+
+def test_demo_with_a_chat_model_publishes_a_lora_adapter(tmp_path):
+    from peft import PeftModel
+
+    from learner.models import TINY_CAUSAL, ModelSpec, build_causal_lm
+
+    store_dir = tmp_path / "store"
+    proc = demo(
+        *("--objective", "kto", "--model", TINY_CAUSAL, "--trainable", "lora"),
+        *("--events", "200", "--store", str(store_dir)),
+    )
+    out = proc.stdout.splitlines()
+    assert "gate_min_events=64 (run: 2000)" in out[0] and "lr=0.002 (run: 2e-05)" in out[0]
+    summary = summary_of(proc.stdout)
+    # a stream of thumbs: only the planted malformed record is dead-lettered, none for its type
+    assert summary["dead_lettered"] == "1" and summary["trained"] == "200"
+    assert summary["steps"] == "50"  # batches of 4
+    assert any(x.startswith("promoted version 1 -> 2") for x in out), proc.stdout
+    store = ModelStore(store_dir, create=False)
+    live = store.live()
+    assert live is not None and live.kind == "lora" and live.version >= 2
+    assert live.base is not None and live.base["name"] == TINY_CAUSAL
+    assert f"LIVE version {live.version} is a LoRA adapter over {TINY_CAUSAL}" in proc.stdout
+    base, _ = build_causal_lm(ModelSpec(TINY_CAUSAL, seed=live.base["seed"]))
+    loaded = PeftModel.from_pretrained(base, str(live.path / "adapter"))
+    assert any("lora_B" in name and p.abs().sum() > 0 for name, p in loaded.named_parameters())

@@ -67,8 +67,9 @@ def test_lora_kto_resume_equals_uninterrupted_steps(tmp_path, tiny_causal_parts)
     ]
     batches = [objective.collate(examples[i:] + examples[:i]) for i in range(4)]
     learner = Learner(make(0), objective, cfg)
-    for batch in batches[:2]:
-        learner.step(batch)
+    learner.step(batches[0])
+    learner.rebase()  # a promotion: the live adapter (the anchor) is no longer the start
+    learner.step(batches[1])
     CheckpointManager(tmp_path).save(learner)
     for batch in batches[2:]:
         learner.step(batch)
@@ -80,6 +81,10 @@ def test_lora_kto_resume_equals_uninterrupted_steps(tmp_path, tiny_causal_parts)
     _close(recipe.tensors(learner), recipe.tensors(fresh))
     for mine, theirs in zip(learner.anchors, fresh.anchors, strict=True):
         assert torch.equal(mine, theirs)
+    with torch.no_grad():  # the resumed baseline scores with the restored live adapter
+        want = objective.model_values(learner.baseline, batches[0])
+        got = objective.model_values(fresh.baseline, batches[0])
+    assert torch.equal(got, want)
 
 
 def _trained(tiny_parts, objective, examples, steps: int, directory: Path, keep: int = 3):

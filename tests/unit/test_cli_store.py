@@ -135,9 +135,9 @@ def test_run_starts_from_the_live_version(store, tiny_parts, objective):
         overrides={"store": str(store.root), "model": "tiny", "device": "cpu"}, environ={}
     )
     assert config.promotion.store == str(store.root)
-    name, version = starting_model(config)
-    assert version == 2 and name == str(store.path(2))
-    learner = build_learner(config, name)
+    name, live = starting_model(config)
+    assert live.version == 2 and live.kind == "full" and name == str(store.path(2))
+    learner = build_learner(config, name, live)
     batch = objective.collate([Example("q", "an answer", target=1.0), Example("p", "r", 0.0)])
     published = tiny_parts[0](1)  # version 2 was published from seed 1
     with torch.no_grad():

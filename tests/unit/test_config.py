@@ -157,3 +157,59 @@ def test_kubernetes_service_links_are_ignored_and_real_keys_still_checked():
     # a Service named feedstep-metrics injects FEEDSTEP_METRICS_PORT=tcp://...: say what it is
     with pytest.raises(ConfigError, match="service link.*enableServiceLinks: false"):
         load_config(environ={"FEEDSTEP_METRICS_PORT": "tcp://10.96.0.14:9108"})
+
+
+LORA_SFT = {"trainable": "lora", "objective": "sft", "model": "tiny-causal"}
+
+
+@pytest.mark.parametrize(
+    ("given", "wrong"),
+    [({}, "trainable='full' and objective='reward'"), ({"objective": "sft"}, "trainable='full'")],
+)
+def test_vllm_hot_load_needs_lora_and_a_causal_lm_objective(given, wrong):
+    with pytest.raises(ConfigError, match=rf'vllm_url.*{wrong}.*set trainable = "lora"'):
+        load_config(overrides={"vllm_url": "http://vllm:8000", **given}, environ={})
+    c = load_config(overrides={"vllm_url": "http://vllm:8000", **LORA_SFT}, environ={})
+    assert (c.promotion.vllm_url, c.promotion.vllm_adapter_name) == ("http://vllm:8000", "feedstep")
+
+
+def test_the_causal_lm_objectives_are_the_learners():
+    from learner.objectives import CAUSAL_LM
+    from streaming.config import _CAUSAL_LM
+
+    assert set(_CAUSAL_LM) == CAUSAL_LM
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "says"),
+    [
+        ("vllm_url", "vllm:8000", "must be an http:// or https:// URL"),
+        ("vllm_url", "http://vllm:8000/v1", r"ends in /v1.*'http://vllm:8000'"),
+        ("webhook_url", "file:///etc/hosts", "must be an http:// or https:// URL"),
+    ],
+)
+def test_notification_urls_must_be_http(key, url, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(overrides={key: url, **LORA_SFT}, environ={})
+
+
+def test_the_vllm_api_key_is_secret_and_not_echoed():
+    env = {"FEEDSTEP_VLLM_API_KEY": "sk-hunter2"}
+    c = load_config(overrides={"vllm_url": "http://vllm:8000", **LORA_SFT}, environ=env)
+    assert c.promotion.vllm_api_key.get_secret_value() == "sk-hunter2"
+    assert "sk-hunter2" not in repr(c) and "vllm_api_key" not in c.flat()
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides={"vllm_api_key": 12345}, environ={})
+    assert "vllm_api_key" in str(caught.value) and "12345" not in str(caught.value)
+
+
+def test_notifications_go_to_the_notifier_not_the_governor_settings():
+    from streaming.cli.wiring import notify_settings
+
+    overrides = {"vllm_url": "http://vllm:8000", "vllm_api_key": "sk-1", **LORA_SFT}
+    c = load_config(overrides={**overrides, "notify_backoff_max_s": 5}, environ={})
+    s = notify_settings(c)
+    assert (s.vllm_url, s.vllm_api_key, s.backoff_max_s) == ("http://vllm:8000", "sk-1", 5.0)
+    assert "sk-1" not in repr(s)  # the key is left out of its repr
+    dry = load_config(overrides={**overrides, "publish": False}, environ={})
+    assert notify_settings(dry).vllm_url is None  # a dry run announces nothing

@@ -214,7 +214,7 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(serving, mod
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("lora", "it is of kind 'lora'; the follower serves kind 'full' (all weights) only"),
+        ("merged", "it is of kind 'merged'; the follower serves kinds ('full', 'lora')"),
         ("delta", "unknown kind 'delta'; this feedstep knows ('full', 'lora', 'merged')"),
     ],
 )
@@ -399,3 +399,32 @@ def test_the_follow_settings_come_from_the_file_the_environment_and_the_flags(tm
     assert (c.promotion.store, c.follow.poll_s, c.promotion.updates_topic) == ("/s", 60.0, "u")
     with pytest.raises(ValueError, match="follow_poll_s"):
         load_config(overrides={"follow_poll_s": 0}, environ={})
+
+
+def test_a_lora_version_is_served_merged_into_its_base(serving, models, tiny_parts):
+    from learner.objectives import RewardObjective as Reward
+    from learner.step import Learner, StepConfig
+
+    _, _, tokenizer = models
+    objective = Reward(tokenizer, max_length=SETTINGS.max_length)
+    learner = Learner(
+        tiny_parts[0](0),
+        objective,
+        StepConfig(trainable="lora", lr=5e-2, lora_r=4),
+        base={"name": "tiny", "seed": 0},
+    )
+    batch = objective.collate(
+        [Example(PROMPT, r, target=float(i % 2)) for i, r in enumerate(RESPONSES)]
+    )
+    for _ in range(3):
+        learner.step(batch)
+    store = ModelStore(serving.root)
+    version = _publish(store, learner.publishable(), tokenizer)
+    assert store.version(version).kind == "lora"
+    assert serving.follower.check("start") is True and serving.follower.version == version
+    status, answer = _score(serving)
+    assert status == 200 and answer["version"] == version
+    with torch.no_grad():
+        want = _expected(learner.candidate, tokenizer)
+    assert answer["rewards"] == pytest.approx(want, abs=1e-5)
+    assert want != pytest.approx(_expected(tiny_parts[0](0).eval(), tokenizer), abs=1e-3)

@@ -125,6 +125,7 @@ def test_promotes_when_everything_passes_and_reset_restarts_the_evidence():
         "holdout",
         "drift_quiet",
         "param_distance",
+        "probe_kl",
     ]
     g.reset()
     d = g.decide(holdout=GOOD_HOLDOUT, param_distance=0.1)
@@ -275,6 +276,7 @@ def test_decision_record_is_strict_json_with_every_check():
         "holdout": "inconclusive",
         "drift_quiet": "pass",
         "param_distance": "pass",
+        "probe_kl": "pass",  # no probe set: switched off
     }
     by_name = {c["name"]: c for c in record["checks"]}
     assert by_name["param_distance"]["threshold"] is None  # inf is not JSON: written as null

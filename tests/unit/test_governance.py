@@ -138,3 +138,31 @@ def test_a_promotion_is_checkpointed_at_once(tiny_parts, objective, tmp_path):
         after = [g for g in saved if g["live_version"] == switch.detail["to"]]
         assert after, f"no checkpoint with version {switch.detail['to']} live"
         assert switch.index <= after[0]["events"] <= switch.index + in_flight
+
+
+def test_rollback_of_a_causal_lm_loads_its_pretrained_folder(tiny_causal_parts, tmp_path):
+    from learner.objectives import SFTObjective
+    from monitors.decision import RollbackDecision
+
+    make, tokenizer = tiny_causal_parts
+    objective = SFTObjective(tokenizer, max_length=32)
+    store = ModelStore(tmp_path / "store")
+    learner = Learner(make(0), objective, StepConfig(lr=1e-2))
+    governor = Governor(
+        learner, store, MemorySink(), Metrics(), GovernanceSettings(gate=GATE), objective="sft"
+    )
+    governor.ensure_initial_version(tokenizer)
+    first = {k: v.clone() for k, v in learner.candidate.state_dict().items()}
+    with torch.no_grad():
+        for p in learner.candidate.parameters():
+            p.add_(0.01)
+    v2 = store.publish(learner.candidate, tokenizer, objective="sft", metrics={}, reason="t")
+    store.promote(v2.version, "test", "pytest")
+    learner.rebase()
+    governor.live_version = v2.version
+    decision = RollbackDecision("rollback", "degraded", "2", "1", 500, 9.0, (), 0.0)
+    governor._rollback(decision)
+    assert store.live_version() == 1 and store.version(1).model_type == "pretrained"
+    for name, value in learner.candidate.state_dict().items():
+        assert torch.equal(value, first[name]), name
+        assert torch.equal(learner.baseline.state_dict()[name], first[name]), name

@@ -82,6 +82,7 @@ def test_replay_file_writes_report_and_plots_and_publishes_nothing(
             "holdout",
             "drift_quiet",
             "param_distance",
+            "probe_kl",
         ]
         assert d["action"] in ("promote", "hold")
         assert {c["state"] for c in d["checks"]} <= {"pass", "fail", "inconclusive"}

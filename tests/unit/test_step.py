@@ -306,14 +306,17 @@ def test_lora_keeps_one_copy_of_the_base_weights(tiny_parts, objective):
     assert set(base) <= set(held)  # the base weights were wrapped, not copied
     new_bytes = sum(n for ptr, n in held.items() if ptr not in base)
     trainable_bytes = 4 * learner.trainable_parameters
-    assert new_bytes == trainable_bytes  # only the adapters and the head's trainable copy
+    # only the two adapters (candidate and live), each with its copy of the head
+    assert new_bytes == 2 * trainable_bytes
+    anchors = _storages(learner.anchors)
+    assert set(anchors) <= set(held) and not set(anchors) & set(_storages(learner.params))
     assert learner.trainable_parameters < 0.05 * learner.total_parameters
     names = learner.param_names
     assert all("lora_" in n or "modules_to_save" in n for n in names), names
     assert any("query" in n for n in names) and any("head" in n for n in names)
 
 
-def test_lora_baseline_is_the_model_with_adapters_disabled(tiny_parts, objective, examples):
+def test_lora_baseline_is_the_live_adapter_starting_as_the_base(tiny_parts, objective, examples):
     make, _ = tiny_parts
     batch = objective.collate(examples)
     reference = objective.model_values(make(0).eval(), batch).detach()

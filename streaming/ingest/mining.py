@@ -1,0 +1,325 @@
+"""Preference pairs mined from unpaired feedback: two replies to one prompt, opposite signals.
+
+Chat services mostly collect thumbs, and a thumb alone says little: "good" is relative. But a
+user who regenerates a reply and rates the two differently has compared them. The
+:class:`PairMiner` remembers recent thumbs and ratings and, when an event arrives whose reply
+answers the same prompt as a remembered one with an opposite signal, returns a preference
+example (the better reply chosen) for the pairwise loss.
+
+Two events are on the same prompt when
+
+* they share ``conversation_id`` and the prompt text (compared by a 128-bit digest), or
+* one's ``regenerated_from`` names the other's ``response_id`` (or both name the same one):
+  optional fields of the event, kept by the decoder as extra fields.
+
+Their signals are opposite when their ratings differ by at least ``min_rating_gap``, a thumb
+counting as rating 5 (up) or 1 (down); two identical replies never pair. The halves must lie
+within ``window_events`` accepted events and ``window_s`` seconds (by their ``ts``) of each
+other. Each event is in at most one pair: the newest fitting partner is taken, and both leave
+the buffer. Everything is per Kafka partition (key the chat service's messages by conversation,
+so both halves land on one partition): which pairs form depends only on each partition's order
+of events, never on how partitions interleave, so re-reading the same records from a
+checkpoint re-mines exactly the same pairs. Memory is bounded: at most ``max_pending`` unpaired
+events per partition, the oldest evicted first; evictions are counted by reason (``window``:
+too old to pair, ``capacity``: pushed out).
+
+Example:
+    >>> from streaming.events import decode_event
+    >>> def event(i, value, reply):
+    ...     return decode_event(('{"event_id": "e%d", "ts": "2026-01-01T00:00:0%dZ", '
+    ...         '"prompt": "hi", "response": "%s", "conversation_id": "c1", '
+    ...         '"feedback": {"type": "thumb", "value": %d}}' % (i, i, reply, value)).encode())
+    >>> miner = PairMiner(MiningSettings(mode="add"))
+    >>> miner.feed(("feedback", 0), event(1, -1, "go away")) is None
+    True
+    >>> pair = miner.feed(("feedback", 0), event(2, 1, "hello!"))
+    >>> pair.response, pair.rejected, miner.pending
+    ('hello!', 'go away', 0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from learner.base import Example
+from streaming.base import TopicPartition
+from streaming.events import FeedbackEvent
+
+MODES = ("off", "add", "replace")
+"""``ingest.mining``: off; ``add`` the pair to both pointwise examples; ``replace`` the
+completing event's pointwise example by the pair."""
+_FORMAT = 1
+_MAX_LINK_CHARS = 200  # like event_id: a longer link is no id, it is ignored
+
+Key = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MiningSettings:
+    """How pairs are mined (the ``ingest.mining*`` settings).
+
+    Example:
+        >>> MiningSettings(mode="replace", window_events=1000).window_s
+        3600.0
+    """
+
+    mode: str = "off"
+    window_events: int = 10_000
+    window_s: float = 3600.0
+    min_rating_gap: int = 2
+    max_pending: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mining mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.window_events < 1 or not self.window_s > 0 or self.max_pending < 1:
+            raise ValueError(
+                "mining window_events and max_pending must be >= 1 and window_s > 0, got "
+                f"{self.window_events}, {self.max_pending} and {self.window_s}"
+            )
+        if not 1 <= self.min_rating_gap <= 4:
+            raise ValueError(f"mining min_rating_gap must lie in 1..4, got {self.min_rating_gap}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """One unpaired event: what a later pair needs of it, and where it is indexed."""
+
+    seq: int  # its place among the partition's accepted events
+    ts: float
+    rating: int
+    response: str
+    weight: float
+    keys: tuple[Key, ...]
+
+
+class _Buffer:
+    """The unpaired events of one partition, in arrival order, indexed by prompt key."""
+
+    __slots__ = ("seq", "entries", "index")
+
+    def __init__(self) -> None:
+        self.seq = 0  # accepted events of the partition fed so far
+        self.entries: dict[int, _Pending] = {}  # by seq; dicts keep insertion (= seq) order
+        self.index: dict[Key, tuple[int, ...]] = {}  # tuples: a shallow copy is a snapshot
+
+    def copy(self) -> _Buffer:
+        out = _Buffer()
+        out.seq, out.entries, out.index = self.seq, dict(self.entries), dict(self.index)
+        return out
+
+    def add(self, entry: _Pending) -> None:
+        self.entries[entry.seq] = entry
+        for key in entry.keys:
+            self.index[key] = (*self.index.get(key, ()), entry.seq)
+
+    def remove(self, entry: _Pending) -> None:
+        del self.entries[entry.seq]
+        for key in entry.keys:
+            rest = tuple(s for s in self.index[key] if s != entry.seq)
+            if rest:
+                self.index[key] = rest
+            else:
+                del self.index[key]
+
+    def oldest(self) -> _Pending | None:
+        return next(iter(self.entries.values()), None)
+
+
+@dataclass(frozen=True, slots=True)
+class MinerState:
+    """A snapshot of a miner's buffers: taken with :meth:`PairMiner.snapshot`, never changed.
+
+    The ingestor keeps one per closed batch, so the checkpoint can hold the buffers exactly as
+    the applied events left them (:meth:`to_json`, :meth:`from_json`).
+    """
+
+    buffers: dict[TopicPartition, _Buffer]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: per partition its event count and unpaired events, oldest first."""
+        return {
+            "format": _FORMAT,
+            "partitions": [
+                [
+                    topic,
+                    partition,
+                    buf.seq,
+                    [
+                        [e.seq, e.ts, e.rating, e.response, e.weight, [list(k) for k in e.keys]]
+                        for e in buf.entries.values()
+                    ],
+                ]
+                for (topic, partition), buf in sorted(self.buffers.items())
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> MinerState:
+        """Rebuild :meth:`to_json` output; raises ``ValueError`` saying what is wrong."""
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if found != _FORMAT:
+            raise ValueError(
+                f"mining state must be a dict with format {_FORMAT}, found {found!r}; it was "
+                "written by another version of feedstep - move the checkpoint directory away"
+            )
+        buffers: dict[TopicPartition, _Buffer] = {}
+        try:
+            for topic, partition, seq, entries in data["partitions"]:
+                buf = _Buffer()
+                buf.seq = int(seq)
+                for e_seq, ts, rating, response, weight, keys in entries:
+                    buf.add(
+                        _Pending(
+                            int(e_seq),
+                            float(ts),
+                            int(rating),
+                            str(response),
+                            float(weight),
+                            tuple(tuple(str(part) for part in k) for k in keys),
+                        )
+                    )
+                buffers[(str(topic), int(partition))] = buf
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"unreadable mining state ({exc})") from exc
+        return cls(buffers)
+
+
+class PairMiner:
+    """Pairs thumbs and ratings on the same prompt with opposite signals; bounded, per partition.
+
+    Args:
+        settings: Windows, rating gap and the bound on unpaired events per partition.
+
+    Attributes:
+        mined: Pairs returned so far.
+        evicted: Unpaired events dropped, by reason (``window``, ``capacity``).
+    """
+
+    def __init__(self, settings: MiningSettings) -> None:
+        self.settings = settings
+        self._buffers: dict[TopicPartition, _Buffer] = {}
+        self.mined = 0
+        self.evicted = {"window": 0, "capacity": 0}
+
+    @property
+    def pending(self) -> int:
+        """Unpaired events remembered, over all partitions."""
+        return sum(len(buf.entries) for buf in self._buffers.values())
+
+    def feed(self, where: TopicPartition, event: FeedbackEvent) -> Example | None:
+        """Take one accepted event of partition ``where``; the pair it completes, if any.
+
+        Every accepted event must be fed, in its partition's order (events that cannot pair
+        still count toward ``window_events``). Returns a preference example of the completing
+        event's prompt, the better-rated reply chosen, weighted by the smaller of the two
+        weights; or None, and the event is remembered if it can pair later.
+        """
+        buf = self._buffers.get(where)
+        if buf is None:
+            buf = self._buffers[where] = _Buffer()
+        buf.seq += 1
+        ts = event.ts_epoch_s
+        self._expire(buf, ts)
+        rating = _rating(event)
+        keys = _keys(event) if rating is not None else ()
+        if rating is None or not keys:
+            return None
+        partner = self._partner(buf, keys, rating, ts, event.response)
+        if partner is None:
+            buf.add(_Pending(buf.seq, ts, rating, event.response, event.weight, keys))
+            if len(buf.entries) > self.settings.max_pending:
+                buf.remove(buf.oldest())  # type: ignore[arg-type]
+                self.evicted["capacity"] += 1
+            return None
+        buf.remove(partner)
+        self.mined += 1
+        better, worse = (event.response, partner.response)
+        if partner.rating > rating:
+            better, worse = worse, better
+        return Example(
+            event.prompt, better, rejected=worse, weight=min(event.weight, partner.weight)
+        )
+
+    def _partner(
+        self, buf: _Buffer, keys: tuple[Key, ...], rating: int, ts: float, response: str
+    ) -> _Pending | None:
+        s = self.settings
+        best: _Pending | None = None
+        for seq in _seqs(buf, keys):
+            e = buf.entries[seq]
+            if (
+                buf.seq - e.seq <= s.window_events
+                and abs(ts - e.ts) <= s.window_s
+                and abs(rating - e.rating) >= s.min_rating_gap
+                and e.response != response
+                and (best is None or e.seq > best.seq)
+            ):
+                best = e
+        return best
+
+    def _expire(self, buf: _Buffer, ts: float) -> None:
+        """Drop the oldest events while they are out of the window (the rest stay lazily)."""
+        s = self.settings
+        while (e := buf.oldest()) is not None and (
+            buf.seq - e.seq > s.window_events or ts - e.ts > s.window_s
+        ):
+            buf.remove(e)
+            self.evicted["window"] += 1
+
+    # -- state ----------------------------------------------------------------------------------
+    def snapshot(self) -> MinerState:
+        """The buffers as they are now (a copy: later feeds do not change it)."""
+        return MinerState({tp: buf.copy() for tp, buf in self._buffers.items()})
+
+    def load(self, state: MinerState) -> None:
+        """Make the buffers those of ``state`` (copied; ``state`` stays as it is).
+
+        A state larger than ``max_pending`` (saved with a larger bound) keeps its newest.
+        """
+        self._buffers = {tp: buf.copy() for tp, buf in state.buffers.items()}
+        for buf in self._buffers.values():
+            while len(buf.entries) > self.settings.max_pending:
+                buf.remove(buf.oldest())  # type: ignore[arg-type]
+
+
+def _rating(event: FeedbackEvent) -> int | None:
+    """The event's signal on the 1..5 scale (a thumb is 5 or 1); None for other feedback."""
+    fb = event.feedback
+    if fb.type == "thumb":
+        return 5 if fb.value == 1 else 1
+    if fb.type == "rating" and fb.value is not None:
+        return int(fb.value)
+    return None
+
+
+def _link(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if 0 < len(text) <= _MAX_LINK_CHARS else None
+
+
+def _keys(event: FeedbackEvent) -> tuple[Key, ...]:
+    """The keys under which an event finds, and is found by, replies to the same prompt."""
+    keys: list[Key] = []
+    if event.conversation_id:
+        digest = hashlib.blake2b(event.prompt.encode(), digest_size=16).hexdigest()
+        keys.append(("c", event.conversation_id, digest))
+    for name in ("response_id", "regenerated_from"):
+        link = _link(event.extra.get(name))
+        if link is not None and ("g", link) not in keys:
+            keys.append(("g", link))
+    return tuple(keys)
+
+
+def _seqs(buf: _Buffer, keys: tuple[Key, ...]) -> Iterator[int]:
+    seen: set[int] = set()
+    for key in keys:
+        for seq in buf.index.get(key, ()):
+            if seq not in seen:
+                seen.add(seq)
+                yield seq
