@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from learner.base import Objective, ObjectiveOutput, TensorBatch
+from learner.distributed import Lockstep
 from learner.lora import (
     CANDIDATE,
     DIGEST,
@@ -185,6 +186,7 @@ class Learner:
         device: where both models live for the life of the learner.
         base: what the starting model is called (``name`` as ``--model`` takes it, ``seed``);
             recorded with published LoRA adapters, beside the digest of the base weights.
+        lockstep: the ranks this learner trains with (:mod:`learner.distributed`); None: alone.
 
     Example:
         >>> learner = Learner(model, RewardObjective(tok), StepConfig(lr=1e-4))  # doctest: +SKIP
@@ -199,8 +201,10 @@ class Learner:
         config: StepConfig | None = None,
         device: torch.device | str = "cpu",
         base: Mapping[str, Any] | None = None,
+        lockstep: Lockstep | None = None,
     ) -> None:
         cfg = self.config = config or StepConfig()
+        self.lockstep = lockstep
         self.objective = objective
         self.device = torch.device(device)
         model = model.to(self.device).eval()  # eval(): dropout off, see module doc
@@ -255,6 +259,10 @@ class Learner:
         self._compiled = _compile(self._models) if cfg.compile else {}
         self.steps = 0
         self.skipped = 0
+        # Switches since the start (promotion, rollback, boost) and whether the last cleared the
+        # optimizer: lockstep ranks copy rank 0's state when it changes (see sync_from_leader).
+        self.changes = 0
+        self.reset_pending = False
         self._distance: tuple[int, float] | None = None
         self._autocast = self.device.type == "cuda"
 
@@ -293,6 +301,7 @@ class Learner:
         The drift monitors call it; afterwards the rate returns to the schedule.
         """
         self.schedule.boost(factor, steps)
+        self.changes += 1
 
     # -- switching (promotion, rollback) ------------------------------------------------------
     @torch.no_grad()
@@ -309,6 +318,7 @@ class Learner:
         else:
             self.baseline.load_state_dict(self.candidate.state_dict())
         self._distance = None
+        self.changes += 1
 
     @torch.no_grad()
     def reset_to(self, state: dict[str, torch.Tensor]) -> None:
@@ -324,6 +334,29 @@ class Learner:
             self.candidate.load_state_dict(state)
             self.baseline.load_state_dict(state)
         self.optimizer.state.clear()
+        self._distance = None
+        self.changes += 1
+        self.reset_pending = True
+
+    @torch.no_grad()
+    def sync_from_leader(self, reset: bool) -> None:
+        """Take rank 0's trainable weights, anchors and schedule (lockstep, after a switch).
+
+        ``reset``: the switch was a rollback, which cleared the optimizer's moments on rank 0.
+        The weights that never train are the same on every rank from the start.
+        """
+        assert self.lockstep is not None
+        seen: set[int] = set()
+        tensors = []
+        for t in [*self.params, *self.anchors]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                tensors.append(t)
+        schedule = self.lockstep.sync_from_leader(tensors, self.schedule.state())
+        self.schedule.load(schedule)
+        if reset:
+            self.optimizer.state.clear()
+        self.reset_pending = False
         self._distance = None
 
     def publishable(self, role: str = "candidate") -> Any:
@@ -371,24 +404,41 @@ class Learner:
         return _cpu(base_out), _cpu(cand_out)
 
     # -- the step -------------------------------------------------------------------------------
-    def step(self, batch: TensorBatch) -> StepResult:
-        """Score ``batch`` with both models, then make exactly one step on the candidate."""
+    def step(self, batch: TensorBatch | None) -> StepResult:
+        """Score ``batch`` with both models, then make exactly one step on the candidate.
+
+        With a :class:`~learner.distributed.Lockstep` the step is the mean over every rank's
+        batch, and ``batch`` is None on a rank that holds none this round (it contributes a
+        zero gradient with weight zero, and no outcomes).
+        """
         started = time.perf_counter()
-        batch = batch.to(self.device)
         lr = self.schedule.rate(self.steps + 1)
-        # score
-        base_out, cand_out = self._outputs(batch)
-        # task loss
-        weights = batch.weights.to(cand_out.loss.dtype)
-        task = (cand_out.loss * weights).sum() / weights.sum()
+        weight = 0.0
+        if batch is not None:
+            batch = batch.to(self.device)
+            base_out, cand_out = self._outputs(batch)
+            weights = batch.weights.to(cand_out.loss.dtype)
+            weighted = (cand_out.loss * weights).sum()
+            weight = float(weights.sum())
+            task = weighted / weight
+        else:
+            if self.lockstep is None:
+                raise ValueError("step(None) is a lockstep rank's empty round; pass a batch")
+            base_out = cand_out = _EMPTY
+            task = weighted = torch.zeros((), device=self.device)
         reg = self.l2sp.penalty() + self.ewc.penalty()
         skip: str | None = None
         grad_norm = update_norm = update_scale = float("nan")
+        finite = bool(torch.isfinite(task))
+        if finite and batch is not None:
+            # alone: the mean's gradient; in lockstep the sum's, divided by every rank's weight
+            (task if self.lockstep is None else weighted).backward()
+        if self.lockstep is not None:
+            _, finite = self.lockstep.reduce_gradients(self.params, weight, finite)
         # guard, regularize, clip, step
-        if not bool(torch.isfinite(task)):
+        if not finite:
             skip = "non_finite_loss"
         else:
-            task.backward()
             grads = [p.grad for p in self.params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads, foreach=True)
             grad_norm = float(norm)
@@ -413,7 +463,7 @@ class Learner:
             step=self.steps,
             applied=skip is None,
             skip_reason=skip,
-            batch_size=batch.size,
+            batch_size=batch.size if batch is not None else 0,
             task_loss=float(task.detach()),
             reg_loss=float(reg),
             grad_norm=grad_norm,
@@ -462,6 +512,9 @@ def _compile(models: dict[str, nn.Module]) -> dict[str, nn.Module]:
     except Exception as exc:  # an optional speed-up, never fatal
         log.warning("torch.compile unavailable, running eagerly: %s", exc)
         return {}
+
+
+_EMPTY = ObjectiveOutput(loss=torch.zeros(0), score=torch.zeros(0), correct=torch.zeros(0))
 
 
 def _cpu(out: ObjectiveOutput) -> ObjectiveOutput:

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="model store; its LIVE version is the starting model "
         "when there is one (default ./feedstep-store)",
     )
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one of several ranks training one model in lockstep (launch with torchrun)",
+    )
     run.set_defaults(func=cmd_run)
 
     serve = sub.add_parser(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from streaming.cli.wiring import (
     build_governor,
@@ -49,11 +51,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     model_name, live = starting_model(config)  # a broken store fails before any I/O
     live_version = live.version if live is not None else None
+    lockstep = _join(config) if args.distributed else None
+    leader = lockstep is None or lockstep.leader
+    port = config.metrics.port
+    if lockstep is not None and port:  # ranks on one machine: one port each
+        port += int(os.environ.get("LOCAL_RANK", "0"))
     metrics, health = Metrics(), HealthState()
     health.set_ready(False, "loading model")
-    server = serve_metrics(metrics, health, config.metrics.port, config.metrics.host)
+    server = serve_metrics(metrics, health, port, config.metrics.host)
     try:
-        learner = build_learner(config, model_name, live)
+        learner = build_learner(config, model_name, live, lockstep)
         metrics.parameters.labels(kind="trainable").set(learner.trainable_parameters)
         metrics.parameters.labels(kind="total").set(learner.total_parameters)
         metrics.model_info.info(
@@ -65,7 +72,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             }
         )
         health.set_ready(False, "connecting to Kafka")
-        source = KafkaSource(config.kafka)
+        share = None
+        if lockstep is not None:
+            from learner.distributed import partitions_of
+
+            rank, world = lockstep.rank, lockstep.world
+
+            def share(partitions: list[int]) -> list[int]:
+                return partitions_of(rank, world, partitions)
+
+        source = KafkaSource(config.kafka, share=share)
         sink = KafkaSink(config.kafka)
         log.info(
             "consuming %s as group %s from %s; rejects go to %s",
@@ -74,8 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.kafka.bootstrap_servers,
             config.kafka.dlq_topic,
         )
-        governor = build_governor(config, learner, sink, metrics)
-        attach_scorer(server, config, learner, governor, metrics)
+        # In lockstep only rank 0 decides, publishes, announces and serves /v1/score.
+        governor = build_governor(config, learner, sink, metrics) if leader else None
+        if governor is not None:
+            attach_scorer(server, config, learner, governor, metrics)
         checkpoints = None
         if config.checkpoints.every_steps > 0:
             from learner.checkpoint import CheckpointManager
@@ -97,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             summary = pipeline.run()
         finally:
-            governor.close(config.promotion.notify_timeout_s)  # webhook/vLLM still waiting
+            if governor is not None:
+                governor.close(config.promotion.notify_timeout_s)  # webhook/vLLM still waiting
             sink.close()
             source.close()
         print(summary_line(summary))
@@ -111,3 +130,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _join(config: Any) -> Any:
+    """Join torchrun's group (``--distributed``): gloo on CPUs, NCCL on GPUs."""
+    from learner.distributed import Lockstep
+    from learner.models import select_device
+
+    lockstep = Lockstep.from_env(device=select_device(config.learner.device))
+    log.info("rank %d of %d (lockstep)", lockstep.rank, lockstep.world)
+    return lockstep

@@ -13,8 +13,12 @@ from streaming.errors import ConfigError, FeedstepError
 log = logging.getLogger("feedstep")
 
 
-def build_learner(config: FeedstepConfig, model_name: str | None = None, live: Any = None) -> Any:
+def build_learner(
+    config: FeedstepConfig, model_name: str | None = None, live: Any = None, lockstep: Any = None
+) -> Any:
     """The learner of the ``learner`` and ``step`` sections (``model_name``: another model).
+
+    ``lockstep`` (:class:`learner.distributed.Lockstep`): the ranks it trains with, or None.
 
     ``live`` is the store's LIVE version (:class:`learner.store.VersionInfo`) the learner
     starts from, when :func:`starting_model` found one: a ``lora`` version's adapter is loaded
@@ -45,6 +49,7 @@ def build_learner(config: FeedstepConfig, model_name: str | None = None, live: A
         StepConfig(**config.step.model_dump()),
         device=device,
         base={"name": spec.name, "seed": spec.seed},
+        lockstep=lockstep,
     )
     if live is not None and live.kind == "lora":
         try:

@@ -80,6 +80,14 @@ def _commit_error(exc: BaseException | None) -> BrokerUnavailable | CommitReject
 class KafkaSource(Source):
     """A feedback topic read by a consumer-group member with manual commits.
 
+    Args:
+        config: The Kafka settings.
+        on_revoke, on_assign: The rebalance hooks (see :meth:`set_rebalance_hooks`).
+        share: Picks the partitions to read out of the topic's (sorted) ones, assigned by hand
+            instead of by the group (lockstep ranks, see
+            :func:`learner.distributed.partitions_of`); offsets are still committed as the
+            group's. None: a group member with subscription.
+
     Example:
         >>> config = load_config(overrides={"topic": "feedback"})  # doctest: +SKIP
         >>> source = KafkaSource(config.kafka)  # doctest: +SKIP
@@ -91,6 +99,7 @@ class KafkaSource(Source):
         config: KafkaConfig,
         on_revoke: Callable[[list[TP]], None] | None = None,
         on_assign: Callable[[list[TP]], None] | None = None,
+        share: Callable[[list[int]], list[int]] | None = None,
     ) -> None:
         self.on_revoke = on_revoke
         self.on_assign = on_assign
@@ -113,10 +122,14 @@ class KafkaSource(Source):
             ) from exc
         self._wake_partition = TopicPartition(config.topic, 0)
         self._connected_at = (0.0, True)  # (when checked, connected)
-        self._consumer.subscribe([config.topic], listener=_Listener(self))
+        if share is None:
+            self._consumer.subscribe([config.topic], listener=_Listener(self))
+        known = None
         try:  # know the topic's partitions before joining, or the first assignment is empty
-            self._consumer.partitions_for_topic(config.topic)
+            known = self._consumer.partitions_for_topic(config.topic)
         except KafkaError as exc:
+            if share is not None:
+                raise BrokerUnavailable(f"no metadata for {config.topic}: {exc}") from exc
             log.warning(
                 "no metadata for %s yet (%s); the group assigns it later", config.topic, exc
             )
@@ -131,6 +144,18 @@ class KafkaSource(Source):
         self._pending_seeks: dict[TP, int] = {}
         self._end_cache: dict[TP, int] = {}
         self._end_checked = 0.0
+        if share is not None:
+            mine = share(sorted(known or ()))
+            if not mine:
+                raise ValueError(
+                    f"topic {config.topic!r} has partitions {sorted(known or ())}, none of them "
+                    "for this rank: create the topic first, with at least as many partitions "
+                    "as ranks"
+                )
+            assigned = [TopicPartition(config.topic, p) for p in mine]
+            self._consumer.assign(assigned)
+            log.info("reading partitions %s (a fixed share)", mine)
+            self._seek_assigned(assigned)
 
     def poll(self, timeout_s: float, max_records: int = 500) -> list[Record]:
         """Records from the assigned partitions, in offset order per partition.

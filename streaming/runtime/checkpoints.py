@@ -9,14 +9,26 @@ its offsets committed (:class:`~streaming.runtime.commits.Committer`). A restart
 newest intact checkpoint and seeks every partition to its offsets, so the model state is a
 function of exactly the events it trained on. Without a checkpoint manager, applied offsets are
 committed after every step.
+
+In lockstep (:mod:`learner.distributed`) a checkpoint is one collective act of every rank,
+taken between two rounds that all ranks agreed on: each rank's offsets, ledger and
+de-duplication window are gathered to rank 0, which writes them with the weights (once); only
+when rank 0 says the checkpoint is on disk does any rank commit. At start rank 0 sends the
+newest intact checkpoint's files to every rank, so each restores the same weights, optimizer
+and schedule, seeks the partitions it reads now (they may be others than before a restart with
+another world size) and keeps the ledger ranges of those partitions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from learner.checkpoint import CheckpointError, CheckpointManager
@@ -86,6 +98,7 @@ class CheckpointTracker:
         self._last = time.monotonic()
         self._writing = False
         self._switched = False
+        self.lockstep = getattr(learner, "lockstep", None)
 
     def apply(self, segment: Segment, stepped: bool = True) -> None:
         """Account for a segment whose step is done (or that needed none)."""
@@ -111,7 +124,10 @@ class CheckpointTracker:
         self._steps += 1
         self._switched = self._switched or switched
         if self.checkpoints is not None and (self._switched or self._steps >= self.every_steps):
-            self._switched = not self.checkpoint()
+            if self.lockstep is not None:
+                self.stages.want_checkpoint.set()  # taken by all ranks after the next round
+            else:
+                self._switched = not self.checkpoint()
 
     def maybe(self, now: float) -> None:
         """Checkpoint once applied work has waited ``every_s`` without one."""
@@ -120,11 +136,16 @@ class CheckpointTracker:
             and self._uncheckpointed
             and now - self._last >= self.every_s
         ):
-            self.checkpoint()
+            if self.lockstep is not None:
+                self.stages.want_checkpoint.set()
+            else:
+                self.checkpoint()
 
     def settle(self) -> None:
         """Checkpoint what is applied and commit it, waiting for the broker (revoke, shutdown)."""
-        if self.checkpoints is not None:
+        if self.lockstep is not None:
+            self.lockstep_checkpoint(wait=True)
+        elif self.checkpoints is not None:
             self.checkpoint(wait=True)
         else:
             self.commits.commit(self.offsets, force=True)
@@ -182,6 +203,49 @@ class CheckpointTracker:
         self.commits.commit(offsets, wait=wait)
         return True
 
+    def lockstep_checkpoint(self, wait: bool = False) -> bool:
+        """Every rank's part of one lockstep checkpoint (the trainer waits between rounds).
+
+        Called on every rank at the same round (the ``checkpoint`` mark) or at the stop. Rank 0
+        writes; every rank commits its own offsets once rank 0 says the checkpoint is durable.
+        """
+        lockstep = self.lockstep
+        assert lockstep is not None and self.checkpoints is not None
+        with self.lock:
+            offsets = dict(self.offsets)
+            mine = {
+                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+                "ledger": self.ledger.to_json(),
+                "dedup": [list(chunk) for chunk in self.ingestor.snapshot()],
+            }
+            parts = lockstep.gather_json(mine)
+            saved: bool | None = None
+            if parts is not None:
+                extra = _merged(parts)
+                extra["governor"] = (
+                    self.governor.state_dict() if self.governor is not None else None
+                )
+                try:
+                    self.checkpoints.save(self.learner, extra)
+                    saved = True
+                except (OSError, ValueError) as exc:
+                    log.error("the lockstep checkpoint could not be written: %s", exc)
+                    saved = False
+            saved = bool(lockstep.broadcast_json(saved))  # no rank commits before it is durable
+        if not saved:
+            return False
+        self._uncheckpointed = False
+        self._switched = False
+        self._steps = 0
+        self._last = time.monotonic()
+        self.summary.checkpoints += 1
+        self.metrics.checkpoints.inc()
+        if offsets:
+            self.commits.commit(offsets, wait=wait)
+        elif wait:
+            self.commits.check(block=True)
+        return True
+
     def restore(self) -> int | None:
         """Resume from the newest intact checkpoint: weights, governor, dedup, ledger, offsets.
 
@@ -191,6 +255,8 @@ class CheckpointTracker:
         """
         if self.checkpoints is None:
             return None
+        if self.lockstep is not None:
+            return self._restore_lockstep()
         loaded = self.checkpoints.load_latest(self.learner)
         if loaded is None:
             log.info("no checkpoint in %s; starting fresh", self.checkpoints.directory)
@@ -215,6 +281,57 @@ class CheckpointTracker:
         )
         return int(loaded.step)
 
+    def _restore_lockstep(self) -> int | None:
+        """Every rank restores rank 0's newest intact checkpoint (see the module doc)."""
+        lockstep, checkpoints = self.lockstep, self.checkpoints
+        assert lockstep is not None and checkpoints is not None
+        packed = None
+        if lockstep.leader:
+            found = checkpoints.latest_extra()
+            packed = _pack(found[0]) if found is not None else b""
+        packed = lockstep.broadcast_bytes(packed)
+        if not packed:
+            log.info("no checkpoint in %s; every rank starts fresh", checkpoints.directory)
+            loaded = None
+        elif lockstep.leader:
+            loaded = checkpoints.load_latest(self.learner)
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="feedstep-rank-ckpt-"))
+            try:
+                _unpack(packed, folder)
+                loaded = CheckpointManager(folder).load_latest(self.learner)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        # every rank starts from rank 0's weights (a fresh start too: its store's LIVE)
+        self.learner.sync_from_leader(reset=False)
+        if loaded is None:
+            return None
+        extra = loaded.extra
+        owned = set(self.source.position())
+        offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
+        offsets = {tp: o for tp, o in offsets.items() if tp in owned}
+        self.source.seek(offsets)
+        self.offsets.update(offsets)
+        ledger = Ledger.from_json(extra.get("ledger"))
+        ledger.ranges = {tp: r for tp, r in ledger.ranges.items() if tp in owned}
+        if not lockstep.leader:  # the counters and digest of the whole group stay on rank 0
+            ledger.trained = ledger.skipped = ledger.rejected = ledger.duplicates = 0
+            ledger.digest = 0
+            ledger.violations = []
+        self.ledger = ledger
+        world = int(extra.get("world", 1))
+        self.ingestor.restore(extra.get("dedup", []), self.dedup_window * world)
+        if self.governor is not None and extra.get("governor") is not None:
+            self.governor.load_state_dict(extra["governor"])
+        log.info(
+            "rank %d restored checkpoint %s (step %d); reading on from %s",
+            lockstep.rank,
+            loaded.path.name,
+            loaded.step,
+            {f"{t}:{p}": o for (t, p), o in sorted(offsets.items())},
+        )
+        return int(loaded.step)
+
     def release(self, revoked: Iterable[TopicPartition]) -> None:
         """Revoked partitions leave the applied offsets; the next checkpoint drops them."""
         revoked = list(revoked)
@@ -222,3 +339,48 @@ class CheckpointTracker:
             self.offsets.pop(tp, None)
         self.commits.forget(revoked)
         self._uncheckpointed = self.checkpoints is not None
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One checkpoint's extra from every rank's part: offsets, ledgers and windows, united."""
+    offsets = sorted(o for part in parts for o in part["offsets"])
+    ledgers = [Ledger.from_json(part["ledger"]) for part in parts]
+    union = Ledger()
+    for ledger in ledgers:
+        for tp, runs in ledger.ranges.items():
+            union.ranges.setdefault(tp, []).extend(runs)
+        union.trained += ledger.trained
+        union.skipped += ledger.skipped
+        union.rejected += ledger.rejected
+        union.duplicates += ledger.duplicates
+        union.digest = (union.digest + ledger.digest) % 2**64
+        union.violations += ledger.violations
+    for runs in union.ranges.values():
+        runs.sort()
+    return {
+        "offsets": offsets,
+        "ledger": union.to_json(),
+        "ranks": [ledger.to_json() for ledger in ledgers],
+        "dedup": [chunk for part in parts for chunk in part["dedup"]],
+        "mining": None,
+        "world": len(parts),
+    }
+
+
+def _pack(folder: Path) -> bytes:
+    """A checkpoint folder as bytes: a JSON header line (name, sizes), then the files."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    header = {"name": folder.name, "files": [[p.name, p.stat().st_size] for p in files]}
+    return json.dumps(header).encode() + b"\n" + b"".join(p.read_bytes() for p in files)
+
+
+def _unpack(data: bytes, into: Path) -> None:
+    """Write what :func:`_pack` made as a checkpoint folder under ``into``."""
+    line, _, body = data.partition(b"\n")
+    header = json.loads(line)
+    folder = into / Path(header["name"]).name
+    folder.mkdir()
+    at = 0
+    for name, size in header["files"]:
+        (folder / Path(name).name).write_bytes(body[at : at + size])
+        at += size

@@ -32,6 +32,12 @@ flight, checkpoint, commit — then release the partitions or exit. A batch smal
 objective allows (``kto`` needs 4) is given up instead: its events are forgotten by the
 de-duplicator and read again later. Broker outages make commits fail; they are retried with a
 capped exponential backoff while the loop keeps polling, and ``/readyz`` says not ready.
+
+In lockstep (a learner with a :class:`~learner.distributed.Lockstep`, ``feedstep run
+--distributed`` under torchrun) the ranks agree on every step, checkpoint and stop through the
+trainer's rounds (:mod:`streaming.runtime.stages`): a stop request or the end of a run is asked
+of the next round, and the loop ends when the round says so, checkpointing once with every rank.
+Batches not stepped by then are given up and read again by the next run.
 """
 
 from __future__ import annotations
@@ -210,7 +216,14 @@ class Pipeline:
             beat=self.health.beat,
             deadline=self._deadline,
             grace_s=s.shutdown_timeout_s,
+            round_wait_s=s.max_wait_ms / 1000,
         )
+        self._lockstep = getattr(learner, "lockstep", None)
+        if self._lockstep is not None and (checkpoints is None or s.mining.mode != "off"):
+            raise ValueError(
+                "a lockstep run needs checkpoints (checkpoints.every_steps > 0) and mining off; "
+                "set them so in the configuration"
+            )
         self.tracker = CheckpointTracker(
             checkpoints,
             learner,
@@ -282,10 +295,13 @@ class Pipeline:
         self.stages.start()
         self.readiness.start()
         failed = False
+        lockstep = self._lockstep is not None
         try:
-            while not self._stop.is_set():
+            while lockstep or not self._stop.is_set():
                 self.health.beat()
                 self.stages.collect(block=False)
+                if lockstep and self._rounds_say_stop():
+                    break
                 if self.stages.ready:  # training is behind: wait for queue room, not for records
                     self.stages.pump(wait_s=0.2)
                 self._backpressure()
@@ -310,7 +326,12 @@ class Pipeline:
                 if now - last_log >= s.log_every_s:
                     last_log = now
                     self.telemetry.report()
-                if self._should_stop(now - last_data):
+                if lockstep:  # the ranks stop together: ask the next round
+                    if self._stop.is_set():
+                        self.stages.want_stop.set()
+                    done = self._should_stop(now - last_data) and not self._busy()
+                    (self.stages.idle.set if done else self.stages.idle.clear)()
+                elif self._should_stop(now - last_data):
                     break
         except BaseException:
             failed = True
@@ -333,6 +354,18 @@ class Pipeline:
         return self.summary
 
     # -- the loop's steps ---------------------------------------------------------------------
+    def _rounds_say_stop(self) -> bool:
+        """Act on the lockstep rounds' marks: checkpoint with every rank, or stop."""
+        stages = self.stages
+        while not stages.marks.empty():
+            mark = stages.marks.get_nowait()
+            stages.collect(block=False)  # every result of the rounds before the mark
+            if mark == "stop":
+                return True
+            self.tracker.lockstep_checkpoint()
+            stages.resume.set()
+        return False
+
     def _poll(self) -> list[Record]:
         """Records of one poll; none while paused or while closed batches wait for room."""
         if self._paused:
@@ -447,7 +480,10 @@ class Pipeline:
     def _shutdown(self) -> None:
         """Settle (drained, or within the stop deadline), checkpoint, commit, stop the stages."""
         try:
-            self._settle()
+            if self._lockstep is None:
+                self._settle()
+            else:  # the last round is taken: what was not stepped is read again next run
+                self.stages.collect(block=False)
             deadline = self._deadline() or time.monotonic() + self.settings.shutdown_timeout_s
             self.tracker.settle()
             self.commits.retry_until(deadline)

@@ -7,6 +7,13 @@ lock, and puts ``(batch, result)`` on :attr:`Stages.results` in order. A result 
 :class:`~learner.step.StepResult`, the exception that broke the stage, or :data:`ABANDONED` for a
 batch given up at a stop deadline (:attr:`Stages.abandon`). :attr:`Stages.may_step` holds the
 trainer between steps while a checkpoint is written.
+
+In lockstep (:mod:`learner.distributed`) the trainer takes a round at least every
+``round_wait_s``, with a batch or without one, so no rank waits forever for a quiet partition;
+a round ends with a mark on :attr:`Stages.marks` when the ranks agreed to checkpoint
+(``"checkpoint"``: the trainer then waits for :attr:`Stages.resume`) or to stop (``"stop"``:
+it returns). Rank 0 also gets the rounds in which only other ranks held a batch, as results of a
+batch with no examples and no segment: their evidence is the gate's too.
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from learner.step import StepResult
 from streaming.errors import PipelineError
 from streaming.ingest.ingestor import Batch
+from streaming.ingest.offsets import Segment
 
 log = logging.getLogger("streaming.runtime.pipeline")
 
@@ -54,6 +63,8 @@ class Stages:
         beat: Called while waiting (the liveness heartbeat).
         deadline: When batches not started are given up (None: never, the run drains).
         grace_s: How long past the deadline the step in flight may take before the run fails.
+        round_wait_s: In lockstep, how long the trainer waits for a batch before it takes a
+            round without one.
     """
 
     def __init__(
@@ -65,8 +76,17 @@ class Stages:
         beat: Callable[[], None] = lambda: None,
         deadline: Callable[[], float | None] = lambda: None,
         grace_s: float = 30.0,
+        round_wait_s: float = 1.0,
     ) -> None:
         self._learner = learner
+        self._lockstep = getattr(learner, "lockstep", None)
+        self._round_wait_s = round_wait_s
+        # lockstep: what this rank asks of the next round, and what the rounds decided
+        self.want_checkpoint = threading.Event()
+        self.want_stop = threading.Event()
+        self.idle = threading.Event()
+        self.resume = threading.Event()
+        self.marks: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._lock = lock
         self._handle = handle
         self._beat = beat
@@ -89,7 +109,9 @@ class Stages:
             target=self._tokenize_loop, name="feedstep-tokenize", daemon=True
         )
         self._trainer = threading.Thread(
-            target=self._train_loop, name="feedstep-train", daemon=True
+            target=self._train_loop if self._lockstep is None else self._lockstep_loop,
+            name="feedstep-train",
+            daemon=True,
         )
 
     def start(self) -> None:
@@ -151,7 +173,7 @@ class Stages:
 
     def collect(self, block: bool) -> None:
         """Handle the results that are in (with ``block``: every batch in flight)."""
-        while self.in_flight:
+        while self.in_flight or not self.results.empty():
             if not block and self.results.empty():
                 return
             try:
@@ -172,7 +194,8 @@ class Stages:
                 if not self.alive():
                     raise PipelineError("a pipeline stage died without a result") from None
                 continue
-            self.in_flight -= 1
+            if batch.examples:  # not another rank's round (lockstep)
+                self.in_flight -= 1
             self._handle(batch, result)
 
     def _collect_one(self, timeout: float) -> None:
@@ -183,7 +206,8 @@ class Stages:
             if not self.alive():
                 raise PipelineError("a pipeline stage died without a result") from None
             return
-        self.in_flight -= 1
+        if batch.examples:
+            self.in_flight -= 1
         self._handle(batch, result)
 
     def stop(self, timeout_s: float) -> None:
@@ -191,6 +215,7 @@ class Stages:
         # After a clean settle the queues are empty; after a failure a stage may have returned.
         self.abandon.set()
         self.may_step.set()
+        self.resume.set()
         for q in (self.tokenize_q, self._train_q):
             with contextlib.suppress(queue.Empty):
                 while True:  # batches never started: nothing collects them any more
@@ -257,3 +282,73 @@ class Stages:
                 except BaseException as exc:  # handed to the ingest stage, which raises it
                     self.results.put((batch, exc))
                     return
+
+    def _lockstep_loop(self) -> None:
+        """Rounds with the other ranks: one per batch, or one per ``round_wait_s`` without."""
+        learner, lockstep = self._learner, self._lockstep
+        assert lockstep is not None
+        pending: deque[Batch] = deque()
+        synced = learner.changes
+        while True:
+            if not pending:
+                try:
+                    group = self._train_q.get(timeout=self._round_wait_s)
+                except queue.Empty:
+                    group = []
+                if group is None:  # stopped without a stop round: a failure, end quietly
+                    return
+                pending.extend(group)
+            batch = pending.popleft() if pending else None
+            try:
+                # rank 0's switches since the last round (read under the lock: never mid-switch)
+                with self._lock:
+                    switched = learner.changes != synced
+                    reset = learner.reset_pending
+                agreed = lockstep.round(
+                    batch is not None,
+                    checkpoint=self.want_checkpoint.is_set(),
+                    stop=self.want_stop.is_set(),
+                    idle=self.idle.is_set() and batch is None,
+                    switched=switched,
+                    reset=reset,
+                )
+                with self._lock:
+                    if agreed.switch:
+                        learner.sync_from_leader(agreed.reset)
+                    synced = learner.changes
+                    if agreed.batches:
+                        self._lockstep_step(batch)
+            except BaseException as exc:  # handed to the ingest stage, which raises it
+                self.results.put((batch or _other_ranks([]), exc))
+                return
+            if agreed.checkpoint:
+                self.want_checkpoint.clear()
+                self.resume.clear()
+                self.marks.put("checkpoint")
+                self.resume.wait()
+            if agreed.stop:
+                if batch is not None and not agreed.batches:
+                    pending.appendleft(batch)
+                self.marks.put("stop")
+                return
+
+    def _lockstep_step(self, batch: Batch | None) -> None:
+        """One lockstep step (under the lock); rank 0's result carries every rank's outcomes."""
+        learner, lockstep = self._learner, self._lockstep
+        assert lockstep is not None
+        result = learner.step(batch.tensors if batch is not None else None)
+        ts = batch.ts if batch is not None else []
+        candidate, baseline, every_ts = lockstep.gather_outputs(
+            result.candidate, result.baseline, ts
+        )
+        if lockstep.leader:
+            result = replace(result, candidate=candidate, baseline=baseline)
+            handed = replace(batch, ts=every_ts, mined=[]) if batch is not None else None
+            self.results.put((handed or _other_ranks(every_ts), result))
+        elif batch is not None:
+            self.results.put((batch, result))
+
+
+def _other_ranks(ts: list[float]) -> Batch:
+    """A round in which this rank held no batch: no examples, no segment (see the module doc)."""
+    return Batch(examples=[], ts=ts, features=[], segment=Segment())

@@ -6,11 +6,12 @@ PATH also works) renders each overlay with kustomize's default load restrictions
 are errors) with the PyPI package ``kubernetes-validate`` against Kubernetes 1.29 (native
 sidecars) and the newest version it knows; it has no schema for the Prometheus Operator's
 PodMonitor and PrometheusRule, which are checked by hand here. The rest checks what a schema
-cannot: the native sidecar, the probes and the port against feedstep's own defaults, the
-grace period against shutdown_timeout_s, the security context against the image's user, the
-configuration loaded by feedstep's own loader, and the monitoring copies in sync with
-deploy/prometheus and deploy/grafana. In CI (``CI`` set) a missing kubectl or
-kubernetes-validate fails these tests.
+cannot: the native sidecar, the lockstep StatefulSet's torchrun line (parsed by torch's own
+launcher and feedstep's CLI) and its headless Service, the probes and the port against
+feedstep's own defaults, the grace period against shutdown_timeout_s, the security context
+against the image's user, the configuration loaded by feedstep's own loader, and the
+monitoring copies in sync with deploy/prometheus and deploy/grafana. In CI (``CI`` set) a
+missing kubectl or kubernetes-validate fails these tests.
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ from streaming.config import flat_default, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = ["sidecar", "trainer", "trainer-gpu"]
+OVERLAYS = ["sidecar", "trainer", "trainer-gpu", "trainer-lockstep"]
 VERSIONS = ["1.29", "latest"]
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+LOCKSTEP = "trainer-lockstep"
+RENDEZVOUS_PORT = 29400
 METRICS_PORT = flat_default("metrics_port")
 SHUTDOWN_TIMEOUT_S = flat_default("shutdown_timeout_s")
 
@@ -237,6 +240,94 @@ def test_trainer_keeps_store_and_checkpoints_on_a_persistent_volume(overlay_name
     assert "initContainers" not in statefulset["spec"]["template"]["spec"]
 
 
+# torchrun's agent gives a worker this long after it forwards SIGTERM, then kills it.
+TORCHRUN_SHUTDOWN_S = 30
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes's ``$(VAR)`` expansion in command and args (the overlay uses no ``$$``)."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], text)
+
+
+def test_lockstep_ranks_rendezvous_through_the_headless_service_of_pod_0():
+    if _render_command() is None:
+        _missing("kubectl not found (nor kustomize)")
+    from torch.distributed.run import parse_args as torchrun_args
+
+    from streaming.cli.parser import build_parser
+    from streaming.cli.run import cmd_run
+
+    docs = _render(LOCKSTEP)
+    statefulset = one(docs, "StatefulSet")
+    spec, name = statefulset["spec"], statefulset["metadata"]["name"]
+    replicas, service_name = spec["replicas"], spec["serviceName"]
+    assert replicas >= 2, "several ranks"
+    # No pod gets ready before every rank has joined: OrderedReady would wait on pod 0.
+    assert spec["podManagementPolicy"] == "Parallel"
+
+    # torchrun (on the image's PATH), or the image's python -m torch.distributed.run.
+    container = feedstep_container(docs)
+    argv = [*container["command"], *container["args"]]
+    if argv[0] == "torchrun":
+        path = dockerfile_env(flavour_of(container))["PATH"].split(":")
+        assert "/opt/feedstep/bin" in path, "torchrun comes with torch into the image's venv"
+        argv = argv[1:]
+    else:
+        assert argv[:3] == ["python", "-m", "torch.distributed.run"], argv
+        argv = argv[3:]
+    env = env_of(container)
+    for ref in re.findall(r"\$\((\w+)\)", " ".join(argv)):
+        assert ref in env, f"$({ref}) names no variable of the container"
+    values = {"POD_NAME": f"{name}-1", "FEEDSTEP_CONFIG": env["FEEDSTEP_CONFIG"]["value"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    launch = torchrun_args([expand(a, values) for a in argv])  # torch's own parser
+
+    assert launch.nnodes in (str(replicas), f"{replicas}:{replicas}"), "nnodes = replicas"
+    assert launch.nproc_per_node == "1", "one rank per pod: LOCAL_RANK 0, metrics port 9108"
+    assert launch.rdzv_backend == "c10d"
+    host, _, port = launch.rdzv_endpoint.rpartition(":")
+    assert host == f"{name}-0.{service_name}", "the rendezvous is on pod 0's stable name"
+    assert int(port) == RENDEZVOUS_PORT
+    assert launch.rdzv_id and launch.rdzv_id != "none", "one id for the whole group"
+    assert launch.max_restarts >= 1, "a killed rank restarts the group"
+    # This pod's own stable name: what the others connect to, and the order of the ranks.
+    assert launch.local_addr == f"{name}-1.{service_name}"
+    assert launch.module and launch.training_script == "streaming.cli"
+    assert not launch.standalone and not launch.no_python
+
+    # The worker: `feedstep run --distributed` with the ConfigMap's file.
+    worker = build_parser().parse_args(launch.training_script_args)
+    assert worker.func is cmd_run and worker.distributed is True
+    assert worker.config == env["FEEDSTEP_CONFIG"]["value"]
+
+    # What a lockstep run needs of the configuration, and a stop within torchrun's grace.
+    config = rendered_config(docs, container)
+    assert config.checkpoints.every_steps > 0, "a lockstep run needs checkpoints"
+    assert config.ingest.mining == "off", "a lockstep run needs mining off"
+    assert shutdown_timeout_s(container) < TORCHRUN_SHUTDOWN_S
+    assert pod_spec(docs)["terminationGracePeriodSeconds"] > TORCHRUN_SHUTDOWN_S
+
+    # The headless Service: a DNS name per pod, published before the pods are ready.
+    headless = one(docs, "Service", service_name)
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    labels = spec["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= labels.items()
+    assert headless["spec"]["selector"] == spec["selector"]["matchLabels"]
+    (rendezvous,) = headless["spec"]["ports"]
+    assert rendezvous["port"] == RENDEZVOUS_PORT
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert rendezvous["targetPort"] in ("rendezvous", RENDEZVOUS_PORT)
+    assert ports["rendezvous"] == RENDEZVOUS_PORT
+
+    # Every pod has the store and checkpoint claim (whichever is rank 0 writes it).
+    claims = {c["metadata"]["name"] for c in spec["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts["/data"] in claims
+    assert env["FEEDSTEP_STORE"]["value"] == "/data/store"
+    assert env["FEEDSTEP_CHECKPOINT_DIR"]["value"].startswith("/data/")
+
+
 def test_only_the_gpu_trainer_asks_for_a_gpu_and_runs_the_cuda_image(overlay, docs):
     container = feedstep_container(docs)
     limits = container["resources"]["limits"]
@@ -253,9 +344,11 @@ def test_only_the_gpu_trainer_asks_for_a_gpu_and_runs_the_cuda_image(overlay, do
 # --- probes, port, shutdown -------------------------------------------------------------
 
 
-def test_probes_and_port_match_feedstep_defaults(docs):
+def test_probes_and_port_match_feedstep_defaults(overlay, docs):
     container = feedstep_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    if overlay == LOCKSTEP:  # and torchrun's rendezvous (test_lockstep_...)
+        assert ports.pop("rendezvous") == RENDEZVOUS_PORT
     assert ports == {"metrics": METRICS_PORT}
     config = rendered_config(docs, container)
     assert config.metrics.port == METRICS_PORT
@@ -280,9 +373,15 @@ def test_grace_period_exceeds_the_shutdown_timeout(docs):
     assert grace > SHUTDOWN_TIMEOUT_S
 
 
-def test_group_instance_id_is_the_pod_name(docs):
-    env = env_of(feedstep_container(docs))["FEEDSTEP_GROUP_INSTANCE_ID"]
-    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+def test_group_instance_id_is_the_pod_name(overlay, docs):
+    env = env_of(feedstep_container(docs))
+    if overlay == LOCKSTEP:
+        # Lockstep ranks read the partitions of their rank (assigned, not subscribed): they
+        # are no members of the consumer group, so static membership has nothing to keep.
+        assert "FEEDSTEP_GROUP_INSTANCE_ID" not in env
+        return
+    fieldref = env["FEEDSTEP_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
+    assert fieldref["fieldPath"] == "metadata.name"
 
 
 # --- the pod's hygiene ----------------------------------------------------------------
@@ -383,10 +482,11 @@ def rendered_config(docs, container):
         return load_config(local, environ=environ)
 
 
-def test_config_comes_from_the_configmap_and_loads(docs):
+def test_config_comes_from_the_configmap_and_loads(overlay, docs):
     container = feedstep_container(docs)
     config = rendered_config(docs, container)  # raises ConfigError on an unknown key or value
-    assert config.kafka.group_instance_id == "feedstep-0"
+    expected = None if overlay == LOCKSTEP else "feedstep-0"  # see test_group_instance_id_...
+    assert config.kafka.group_instance_id == expected
     assert config.kafka.sasl_plain_username == "placeholder"
     assert config.run.shutdown_timeout_s == shutdown_timeout_s(container)
 
@@ -408,7 +508,7 @@ def test_sasl_credentials_come_from_the_placeholder_secret(docs):
 
 
 def test_service_exposes_the_metrics_port_of_the_feedstep_pods(docs):
-    service = one(docs, "Service")
+    service = one(docs, "Service", "feedstep")  # lockstep adds its headless Service
     (port,) = service["spec"]["ports"]
     assert port["name"] == "metrics" and port["port"] == METRICS_PORT
     assert port["targetPort"] == METRICS_PORT, "numeric: a native sidecar's port is an init one"

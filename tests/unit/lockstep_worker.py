@@ -1,0 +1,94 @@
+"""One rank of tests/unit/test_distributed.py (started as a subprocess by the test)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from learner.base import Example
+from learner.distributed import Lockstep
+from learner.models import ModelSpec, build_reward_model
+from learner.objectives import RewardObjective
+from learner.step import Learner, StepConfig
+
+# A large eps keeps AdamW from turning rounding noise in tiny gradients into whole steps, so
+# the sum-then-divide of the ranks can be compared with one learner's mean.
+CONFIG = StepConfig(lr=5e-3, l2sp_weight=0.1, max_grad_norm=0.5, eps=1e-3)
+
+
+def examples(rank: int, step: int) -> list[Example]:
+    """A rank's batch of one round: None-like (empty) on some rounds, sizes differ by rank."""
+    if (rank, step) in ((1, 1), (0, 3), (0, 4), (1, 4)):
+        return []
+    n = 2 + rank + step % 2
+    return [
+        Example(f"prompt {rank}-{step}-{i}", f"reply {i} of {step}", target=float((i + rank) % 2))
+        for i in range(n)
+    ]
+
+
+def learner(lockstep: Lockstep | None = None) -> Learner:
+    model, tokenizer = build_reward_model(ModelSpec("tiny", seed=0))
+    return Learner(model, RewardObjective(tokenizer, max_length=32), CONFIG, lockstep=lockstep)
+
+
+ROUNDS = 7
+PROMOTE_AFTER = 2  # rank 0 promotes (and boosts) after this round
+
+
+def run_rank(rank: int, world: int, folder: str) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+    torch.manual_seed(rank)  # the ranks' RNGs differ: sameness must come from the protocol
+    lockstep = Lockstep(rank, world)
+    model = learner(lockstep)
+    obj = model.objective
+    synced = model.changes
+    losses = []
+    for step in range(ROUNDS):
+        batch = examples(rank, step)
+        agreed = lockstep.round(
+            bool(batch), switched=model.changes != synced, reset=model.reset_pending
+        )
+        if agreed.switch:
+            model.sync_from_leader(agreed.reset)
+        synced = model.changes
+        if agreed.batches:
+            result = model.step(obj.collate(batch) if batch else None)
+            cand, base, _ = lockstep.gather_outputs(
+                result.candidate, result.baseline, [0.0] * len(batch)
+            )
+            losses.append(cand.loss.tolist())
+        if rank == 0 and step == PROMOTE_AFTER:
+            model.rebase()
+            model.boost(3.0, steps=2)
+    save_file(
+        {n: p.detach().contiguous() for n, p in model.candidate.named_parameters()},
+        str(Path(folder) / f"rank{rank}.safetensors"),
+    )
+    (Path(folder) / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "steps": model.steps,
+                "lr": model.lr,
+                "losses": losses,
+                "bytes": lockstep.reduced_bytes,
+            }
+        )
+    )
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_rank(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
