@@ -94,6 +94,7 @@ class Lockstep:
         self.control: Any = control if control is not None else dist.new_group(backend="gloo")
         self._flat: torch.Tensor | None = None
         self.reduced_bytes = 0  # of the last gradient all-reduce
+        self.reduced_bytes_total = 0
         self.reduce_seconds = 0.0  # spent in gradient all-reduces so far (bench/lockstep.py)
 
     @classmethod
@@ -200,6 +201,7 @@ class Lockstep:
         dist.all_reduce(flat)
         self.reduce_seconds += time.perf_counter() - started
         self.reduced_bytes = flat.numel() * flat.element_size()
+        self.reduced_bytes_total += self.reduced_bytes
         summed, bad = float(flat[total]), float(flat[total + 1])
         if bad > 0 or summed <= 0:
             return summed, bad == 0

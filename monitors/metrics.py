@@ -326,6 +326,21 @@ class Metrics(_Serving):
             ["reason"],
             registry=r,
         )
+        self.lockstep_world = Gauge(
+            "feedstep_lockstep_world_size",
+            "Ranks training this model in lockstep (feedstep run --distributed; 0 alone).",
+            registry=r,
+        )
+        self.allreduce_seconds = Counter(
+            "feedstep_allreduce_seconds",
+            "Seconds this rank spent in gradient all-reduces (lockstep).",
+            registry=r,
+        )
+        self.allreduce_bytes = Counter(
+            "feedstep_allreduce_bytes",
+            "Bytes of gradient this rank all-reduced (lockstep).",
+            registry=r,
+        )
         self.device_memory = Gauge(
             "feedstep_device_memory_bytes",
             "Memory allocated on the training device (0 on the CPU).",

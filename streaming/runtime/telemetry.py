@@ -92,6 +92,7 @@ class Telemetry:
             for model in ("baseline", "candidate")
         )
         self._next_lag_at = 0.0
+        self._reduced = (0.0, 0)  # lockstep: all-reduce seconds and bytes already counted
         # Steps accounted for, not yet fed to the monitors: (result, event ts if applied, when).
         self._unflushed: list[tuple[StepResult, list[float] | None, float]] = []
         self._unpublished: StepResult | None = None  # the latest step, gauges not set yet
@@ -176,6 +177,13 @@ class Telemetry:
         m.learning_rate.set(self._learner.optimizer.param_groups[0]["lr"])
         m.param_distance.set(self._learner.param_distance())
         m.device_memory.set(self._learner.device_memory_bytes())
+        lockstep = getattr(self._learner, "lockstep", None)
+        if lockstep is not None:
+            seconds, sent = self._reduced
+            m.lockstep_world.set(lockstep.world)
+            m.allreduce_seconds.inc(lockstep.reduce_seconds - seconds)
+            m.allreduce_bytes.inc(lockstep.reduced_bytes_total - sent)
+            self._reduced = (lockstep.reduce_seconds, lockstep.reduced_bytes_total)
         if time.monotonic() >= self._next_lag_at:  # at most once a second: it may ask the broker
             self._next_lag_at = time.monotonic() + 1.0
             for (topic, partition), lag in self._source.lag().items():

@@ -2,6 +2,7 @@
 
 One kill -9 trial, kept short: events arrive while both ranks step, one rank is killed, torchrun
 restarts the group, every rank resumes from rank 0's checkpoint and the group drains the topic.
+Then the group comes back with one rank, which takes over every partition from the checkpoint.
 The check is the fault tests' (tests/integration/faultlib.py): the final checkpoint's ledger —
 the union of every rank's — covers each offset once, its digest is that of exactly the valid
 first-seen events produced, and the group's committed offsets are the topic's ends.
@@ -33,11 +34,11 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 
 
-def torchrun(config: Path, log: Path, restarts: int = 0) -> subprocess.Popen[bytes]:
-    """``feedstep run --distributed`` as 2 ranks on this machine; output to ``log``."""
+def torchrun(config: Path, log: Path, restarts: int = 0, ranks: int = 2) -> subprocess.Popen[bytes]:
+    """``feedstep run --distributed`` as ``ranks`` ranks on this machine; output to ``log``."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-            "2", "--max-restarts", str(restarts), "-m", "streaming.cli", "run", "--distributed",
-            "--config", str(config)]  # fmt: skip
+            str(ranks), "--max-restarts", str(restarts), "-m", "streaming.cli", "run",
+            "--distributed", "--config", str(config)]  # fmt: skip
     with open(log, "wb") as out:
         return subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
 
@@ -88,3 +89,14 @@ def test_a_rank_killed_with_sigkill_loses_and_repeats_nothing(
     # every rank committed its own partitions' offsets once the last checkpoint was written
     group = f"{topic_name}-g"
     assert committed_offsets(kafka_bootstrap, group, topic_name, PARTITIONS) == produced.ends()
+
+    # The group comes back with one rank: it reads every partition now, from the checkpoint.
+    more = Feeder(kafka_bootstrap, topic_name, PARTITIONS, seed=6)
+    more.produce(60)
+    produced.messages += more.stop().messages
+    alone = torchrun(config, tmp_path / "one-rank.log", ranks=1)
+    assert alone.wait(timeout=240) == 0, (tmp_path / "one-rank.log").read_text()[-4000:]
+    assert "reading partitions [0, 1, 2, 3]" in (tmp_path / "one-rank.log").read_text()
+    _, _, extra = final_checkpoint(store)
+    assert extra["world"] == 1
+    assert verify([Ledger.from_json(extra["ledger"])], produced) == []

@@ -38,8 +38,20 @@ def learner(lockstep: Lockstep | None = None) -> Learner:
     return Learner(model, RewardObjective(tokenizer, max_length=32), CONFIG, lockstep=lockstep)
 
 
-ROUNDS = 7
+ROUNDS = 8
 PROMOTE_AFTER = 2  # rank 0 promotes (and boosts) after this round
+ROLLBACK_AFTER = 4  # and rolls back to the weights after round 1 after this one
+
+
+def switch(model: Learner, step: int, saved: dict[str, torch.Tensor]) -> None:
+    """What rank 0's governor does between rounds (alone: the same learner calls)."""
+    if step == 1:
+        saved.update({k: v.clone() for k, v in model.candidate.state_dict().items()})
+    if step == PROMOTE_AFTER:
+        model.rebase()
+        model.boost(3.0, steps=2)
+    if step == ROLLBACK_AFTER:
+        model.reset_to(saved)
 
 
 def run_rank(rank: int, world: int, folder: str) -> None:
@@ -55,7 +67,9 @@ def run_rank(rank: int, world: int, folder: str) -> None:
     model = learner(lockstep)
     obj = model.objective
     synced = model.changes
+    saved: dict[str, torch.Tensor] = {}
     losses = []
+    lrs: list[float] = []
     for step in range(ROUNDS):
         batch = examples(rank, step)
         agreed = lockstep.round(
@@ -70,9 +84,9 @@ def run_rank(rank: int, world: int, folder: str) -> None:
                 result.candidate, result.baseline, [0.0] * len(batch)
             )
             losses.append(cand.loss.tolist())
-        if rank == 0 and step == PROMOTE_AFTER:
-            model.rebase()
-            model.boost(3.0, steps=2)
+            lrs.append(result.lr)
+        if rank == 0:
+            switch(model, step, saved)
     save_file(
         {n: p.detach().contiguous() for n, p in model.candidate.named_parameters()},
         str(Path(folder) / f"rank{rank}.safetensors"),
@@ -81,7 +95,7 @@ def run_rank(rank: int, world: int, folder: str) -> None:
         json.dumps(
             {
                 "steps": model.steps,
-                "lr": model.lr,
+                "lrs": lrs,
                 "losses": losses,
                 "bytes": lockstep.reduced_bytes,
             }

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from learner.base import Example
 from learner.distributed import Lockstep, partitions_of
 from tests.unit import lockstep_worker as worker
 
@@ -38,21 +39,21 @@ def test_the_ranks_candidates_are_bit_identical(two_ranks):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     ja, jb = (json.loads((two_ranks / f"rank{r}.json").read_text()) for r in range(2))
-    # round 4: neither rank holds a batch, so no step: 6 of 7 rounds step
-    assert ja["steps"] == jb["steps"] == 6
-    assert ja["lr"] == jb["lr"]  # rank 0's boost reached rank 1
+    # round 4: neither rank holds a batch, so no step: 7 of 8 rounds step
+    assert ja["steps"] == jb["steps"] == 7
+    assert ja["lrs"] == jb["lrs"]  # rank 0's boost reached rank 1 ...
+    assert max(ja["lrs"]) == pytest.approx(3 * min(ja["lrs"]))  # ... and was applied
     assert ja["losses"] == jb["losses"]  # the gathered evidence is the same on both
 
 
 def test_lockstep_equals_one_learner_on_the_union_of_the_batches(two_ranks):
     alone = worker.learner()
+    saved: dict[str, torch.Tensor] = {}
     for step in range(worker.ROUNDS):
         union = worker.examples(0, step) + worker.examples(1, step)
         if union:
             alone.step(alone.objective.collate(union))
-        if step == worker.PROMOTE_AFTER:
-            alone.rebase()
-            alone.boost(3.0, steps=2)
+        worker.switch(alone, step, saved)  # a promotion with a boost, later a rollback
     ranked = load_file(str(two_ranks / "rank0.safetensors"))
     moved = False
     for name, param in alone.candidate.named_parameters():
@@ -90,3 +91,25 @@ def test_an_empty_round_needs_a_lockstep(tiny_parts, objective):
 
     with pytest.raises(ValueError, match="lockstep"):
         Learner(tiny_parts[0](0), objective).step(None)
+
+
+def test_a_lockstep_rank_exports_its_all_reduce_time_and_bytes():
+    from types import SimpleNamespace
+
+    from monitors.metrics import Metrics
+    from streaming.runtime.telemetry import Telemetry
+    from streaming.testing import MemorySource, NullLearner
+
+    learner = NullLearner()
+    learner.lockstep = SimpleNamespace(world=2, reduce_seconds=0.0, reduced_bytes_total=0)
+    metrics = Metrics()
+    telemetry = Telemetry(metrics, learner, MemorySource([]), window=10)
+    batch = learner.objective.collate([Example("p", "r", target=1.0)])
+    for seconds, sent in ((0.25, 1000), (0.75, 3000)):
+        learner.lockstep.reduce_seconds, learner.lockstep.reduced_bytes_total = seconds, sent
+        telemetry.account(learner.step(batch), [0.0])
+        telemetry.publish()
+    text = metrics.render().decode()
+    assert "feedstep_lockstep_world_size 2.0" in text
+    assert "feedstep_allreduce_seconds_total 0.75" in text
+    assert "feedstep_allreduce_bytes_total 3000.0" in text
