@@ -14,22 +14,29 @@ configuration:
 * ``pair_now``: the same comparison with both replies scored by the candidate at one moment,
   just before the step on the batch that holds the pair's *first* half (``Learner.score``, no
   gradient), so before either label was trained on: what a reranker scoring two replies at once
-  sees. ``pairwise`` compares scores taken at two times, after the model trained on the first
-  half's label (always the opposite of the second's), and so also carries what that taught it
-  about the prompt as a whole.
+  sees. ``pairwise`` compares scores taken at two times; unless mining ``replace`` holds the
+  first half back, the model has trained on the first half's label (always the opposite of the
+  second's) in between, so it also carries what that taught it about the prompt as a whole.
 * ``pointwise``: the candidate's prequential accuracy on the thumbs themselves.
+* after the table, ``pairwise`` per quarter of the pass (the pairs in the order their second
+  half arrived): the trend, whether more data would help.
 * ``mined`` and ``mined_acc``: pairs the miner formed, and how often their margin had the right
-  sign when their batch was scored (after the first half trained: not a held-out figure).
+  sign when their batch was scored (with ``add`` after the first half trained, so not a
+  held-out figure; with ``replace`` neither half had trained).
 
 Configurations: ``plain`` (BCE on the reward, today's default), ``live`` and ``mean``
-(``learner.reward_reference``), ``mining`` (``ingest.mining = "add"``), ``both`` (mining plus
-``--reference``), and ``shuffled``: ``both`` on a stream whose thumbs are assigned at random
-within each pair, watched by a real Governor and gate (publish=False, ``--gate-min-events``):
-its pairwise accuracy against the true labels should be about 0.5 and the gate should promote
-nothing. ``--gate`` attaches the same governor to the other configurations.
+(``learner.reward_reference``), ``mining`` (``ingest.mining = "add"``), ``both`` (``add`` plus
+``--reference``), ``replace`` (``ingest.mining = "replace"``: a thumb that can pair is scored
+when it arrives but trains only as its pair, or pointwise if it leaves the buffer unpaired),
+``replace_ref`` (``replace`` plus ``--reference``), and ``shuffled``: the ``--control``
+configuration on a stream whose thumbs are assigned at random within each pair, watched by a
+real Governor and gate (publish=False, ``--gate-min-events``): its pairwise accuracy against the
+true labels should be about 0.5 and the gate should promote nothing. ``--gate`` attaches the
+same governor to the other configurations.
 
     python3 bench/thumbs.py --limit 600 --max-length 128            # every configuration
-    python3 bench/thumbs.py --limit 600 --max-length 128 --config mining
+    python3 bench/thumbs.py --limit 600 --max-length 128 --config replace
+    python3 bench/thumbs.py --limit 600 --max-length 128 --config shuffled --control replace
 
 Scores are taken by wrapping the objective's ``collate`` (what each batch holds, in order) and
 the learner's ``step`` (its per-example pre-training scores); nothing private is read.
@@ -65,7 +72,9 @@ from streaming.testing import MemorySink, MemorySource  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 MARK = "\n\nAssistant:"
-CONFIGS = ("plain", "live", "mean", "mining", "both", "shuffled")
+CONFIGS = ("plain", "live", "mean", "mining", "both", "replace", "replace_ref", "shuffled")
+REFERENCE = {"plain": "none", "live": "live", "mean": "mean", "mining": "none", "replace": "none"}
+MINING = {"mining": "add", "both": "add", "replace": "replace", "replace_ref": "replace"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +160,9 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
     """One pass of one configuration; its figures."""
     shuffled = name == "shuffled"
     stream = thumbs_stream(pairs, args.seed, args.max_gap, shuffle_labels=shuffled)
-    reference = {"plain": "none", "live": "live", "mean": "mean", "mining": "none"}.get(
-        name, args.reference
-    )
-    mining = "add" if name in ("mining", "both", "shuffled") else "off"
+    like = args.control if shuffled else name  # the control runs as its configuration
+    reference = REFERENCE.get(like, args.reference)
+    mining = MINING.get(like, "off")
     model, tokenizer = build_reward_model(ModelSpec(args.model, seed=args.seed))
     objective = RewardObjective(tokenizer, max_length=args.max_length, reference=reference)
     learner = Learner(
@@ -176,7 +184,7 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
         batches.append(list(examples))
         return collate(examples)
 
-    def step_and_record(batch: TensorBatch) -> StepResult:
+    def step_and_record(batch: Any) -> StepResult:  # learner.step, whatever it takes
         examples = batches[0]
         first = seen[0]
         due = [
@@ -229,7 +237,9 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
     summary = pipe.run()
     elapsed = time.perf_counter() - started
 
-    # Pointwise examples come out in stream order (mining "add" keeps every one of them).
+    # Pointwise examples come out in stream order, one per event: mining keeps every event's
+    # own example in its batch ("replace" with weight 0). An example released unpaired from
+    # the miner's buffer would be one more (the window is set so that none is).
     points = [(ex, s, c) for ex, s, c in scored if not ex.pairwise]
     mined = [(ex, s) for ex, s, _ in scored if ex.pairwise]
     if len(points) != len(stream):
@@ -239,9 +249,14 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
         if (ex.prompt, ex.response) != (half.prompt, half.response):
             raise RuntimeError("a batch's examples are not in stream order")
         by_pair.setdefault(half.pair, {})[half.chosen] = s
-    wins = sum(
-        1.0 if d[True] > d[False] else 0.5 if d[True] == d[False] else 0.0 for d in by_pair.values()
-    )
+    outcome = {
+        i: 1.0 if d[True] > d[False] else 0.5 if d[True] == d[False] else 0.0
+        for i, d in by_pair.items()
+    }
+    wins = sum(outcome.values())
+    # The trend over the pass: pairs in the order their second half arrived, in quarters.
+    done = list(dict.fromkeys(h.pair for h in reversed(stream)))[::-1]
+    quarters = [done[len(done) * q // 4 : len(done) * (q + 1) // 4] for q in range(4)]
     defined = [c for _, _, c in points if c == c]
     promotions = (
         sum(1 for e in governor.history if e.kind == "promote") if governor is not None else None
@@ -251,6 +266,7 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
         "reference": reference,
         "mining": mining,
         "pairwise": wins / len(by_pair),
+        "quarters": [sum(outcome[i] for i in q) / len(q) if q else float("nan") for q in quarters],
         "pair_now": sum(now) / len(now) if now else float("nan"),
         "pointwise": sum(defined) / len(defined) if defined else float("nan"),
         "mined": len(mined),
@@ -292,7 +308,15 @@ def main() -> int:
     ap.add_argument("--l2sp-weight", type=float, default=0.0)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--max-gap", type=int, default=1000, help="events between a pair's halves")
-    ap.add_argument("--reference", choices=("live", "mean"), default="live", help="of 'both'")
+    ap.add_argument(
+        "--reference", choices=("live", "mean"), default="live", help="of both, replace_ref"
+    )
+    ap.add_argument(
+        "--control",
+        choices=[c for c in CONFIGS if c != "shuffled"],
+        default="replace",
+        help="the configuration the shuffled control runs",
+    )
     ap.add_argument("--gate", action="store_true", help="a governor on every configuration")
     ap.add_argument("--gate-min-events", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
@@ -305,7 +329,7 @@ def main() -> int:
     pairs = read_pairs(args.data, args.seed, args.limit)
     rows = []
     print(
-        f"{'config':<9} {'reference':<9} {'mining':<6} {'pairwise':>8} {'pair_now':>8} "
+        f"{'config':<11} {'reference':<9} {'mining':<7} {'pairwise':>8} {'pair_now':>8} "
         f"{'pointwise':>9} "
         f"{'mined':>6} {'mined_acc':>9} {'promotions':>10} {'steps':>5} {'s':>6}"
     )
@@ -314,13 +338,16 @@ def main() -> int:
         rows.append(row)
         promotions = "-" if row["promotions"] is None else str(row["promotions"])
         print(
-            f"{row['config']:<9} {row['reference']:<9} {row['mining']:<6} "
+            f"{row['config']:<11} {row['reference']:<9} {row['mining']:<7} "
             f"{row['pairwise']:>8.3f} {row['pair_now']:>8.3f} "
             f"{row['pointwise']:>9.3f} {row['mined']:>6d} "
             f"{row['mined_acc']:>9.3f} {promotions:>10} {row['steps']:>5d} "
             f"{row['elapsed_s']:>6.0f}",
             flush=True,
         )
+    for row in rows:
+        trend = " ".join(f"{v:.3f}" for v in row["quarters"])
+        print(f"{row['config']}: pairwise by quarter of the pass (second halves' order): {trend}")
     real = [r for r in rows if r["config"] != "shuffled"] or rows
     print(f"pairs={len(pairs)} events={rows[0]['events']} model={args.model}")
     print(f"pairwise={max(r['pairwise'] for r in real):.3f}")

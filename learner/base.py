@@ -54,8 +54,8 @@ class Example:
             )
         if self.target is not None and not 0.0 <= self.target <= 1.0:
             raise ValueError(f"Example.target must lie in [0, 1], got {self.target!r}")
-        if not self.weight > 0.0:
-            raise ValueError(f"Example.weight must be > 0, got {self.weight!r}")
+        if not self.weight >= 0.0:  # 0: scored, not trained (a thumb held back by mining)
+            raise ValueError(f"Example.weight must be >= 0, got {self.weight!r}")
 
     @property
     def pairwise(self) -> bool:

@@ -8,7 +8,8 @@ one device for the life of the process. For each micro-batch :meth:`Learner.step
 2. runs the candidate forward once: its per-example scores are the candidate's *pre-step*
    predictions (test-then-train) and its weighted mean loss is the task loss,
 3. guards: a non-finite loss or task gradient skips the step, leaving weights, optimizer
-   state, EWC Fisher and schedule untouched, and says why,
+   state, EWC Fisher and schedule untouched, and says why; a batch whose examples all weigh 0
+   (scored only: thumbs that pair mining holds back) is done without any update,
 4. folds the task gradient into the EWC Fisher estimate, clips the task gradient's norm, and
    adds the exact gradients of the L2-SP and EWC pulls toward the anchors (not clipped),
 5. makes exactly one AdamW step at the scheduled (possibly boosted) rate, and, with a trust
@@ -420,7 +421,7 @@ class Learner:
             weights = batch.weights.to(cand_out.loss.dtype)
             weighted = (cand_out.loss * weights).sum()
             weight = float(weights.sum())
-            task = weighted / weight
+            task = weighted / weight if weight > 0 else weighted  # all weigh 0: scored only
         else:
             if self.lockstep is None:
                 raise ValueError("step(None) is a lockstep rank's empty round; pass a batch")
@@ -430,14 +431,17 @@ class Learner:
         skip: str | None = None
         grad_norm = update_norm = update_scale = float("nan")
         finite = bool(torch.isfinite(task))
-        if finite and batch is not None:
+        if finite and weight > 0:
             # alone: the mean's gradient; in lockstep the sum's, divided by every rank's weight
             (task if self.lockstep is None else weighted).backward()
+        total = weight
         if self.lockstep is not None:
-            _, finite = self.lockstep.reduce_gradients(self.params, weight, finite)
+            total, finite = self.lockstep.reduce_gradients(self.params, weight, finite)
         # guard, regularize, clip, step
         if not finite:
             skip = "non_finite_loss"
+        elif total <= 0:  # every example weighs 0 (held back by pair mining): nothing to train
+            grad_norm = 0.0
         else:
             grads = [p.grad for p in self.params if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads, foreach=True)
@@ -454,11 +458,11 @@ class Learner:
                 self.ewc.add_grad()
                 update_norm, update_scale = self._apply_update(lr)
         self.optimizer.zero_grad(set_to_none=True)
-        if skip is None:
+        if skip is not None:
+            self.skipped += 1
+        elif total > 0:
             self.steps += 1
             self.schedule.advance()
-        else:
-            self.skipped += 1
         return StepResult(
             step=self.steps,
             applied=skip is None,

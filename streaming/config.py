@@ -111,7 +111,8 @@ class IngestConfig(_Section):
     mining: Literal["off", "add", "replace"] = "off"
     """Pair thumbs/ratings on the same prompt with opposite signals into preference examples
     (:mod:`streaming.ingest.mining`): ``add`` trains the pair besides both pointwise examples,
-    ``replace`` trains it instead of the completing event's pointwise example."""
+    ``replace`` instead of both (a pairable event is scored on arrival but trains only in its
+    pair, or pointwise once it leaves the buffer unpaired)."""
     mining_window_events: int = Field(default=10_000, ge=1)
     """The two halves of a pair are at most this many accepted events apart (per partition)."""
     mining_window_s: float = Field(default=3600.0, gt=0)

@@ -9,16 +9,24 @@ step is done (:mod:`streaming.ingest.offsets`).
 
 With mining on, every accepted event also goes through the
 :class:`~streaming.ingest.mining.PairMiner`; a pair it completes joins the micro-batch of the
-event that completed it (after that event's own example, even when that makes the batch one
-longer), so it is scored before it trains like any example and is applied, checkpointed and
-committed with that event's offset (``Batch.mined`` flags it: it is no evidence for the gate).
-The miner's buffers are snapshotted at every batch close; once a batch is applied its snapshot
-is what a checkpoint saves (:meth:`Ingestor.mining_snapshot`), exactly as the applied events
-left them, as the de-duplication window leaves out events not yet applied.
+event that completed it (after that event's own example, even when that makes the batch longer
+than ``batch_size``), so it is scored before it trains like any example and is applied,
+checkpointed and committed with that event's offset. With ``replace`` a pairable event's own
+example stays in its batch with weight 0 (scored, so the prequential metrics and the gate see
+it as before, but not trained: the pair replaces it), and the examples the miner releases (held
+back, their events evicted unpaired) join the batch being formed, after the example of the event
+whose arrival evicted them. ``Batch.mined`` flags what is no evidence for the monitors and the
+gate: the pairs of ``add`` (scored after their first half trained) and released examples
+(already scored when their events arrived). The miner's buffers are snapshotted at every batch
+close; once a batch is applied its snapshot is what a checkpoint saves
+(:meth:`Ingestor.mining_snapshot`), exactly as the applied events left them, as the
+de-duplication window leaves out events not yet applied: a held example is in the checkpoint
+until the batch that trains it (released or as a pair) is applied, so it trains exactly once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -39,16 +47,19 @@ log = logging.getLogger("streaming.runtime.pipeline")
 
 Item = tuple[Example, float, Any, bool]
 """One example in the batcher: the example, event time (epoch s), gate features, and whether it
-is a mined pair."""
+is no evidence (``Batch.mined``)."""
 
 
 @dataclass(slots=True)
 class Batch:
     """A closed micro-batch: its examples, event times, gate features and segment.
 
-    ``mined`` flags the mined pairs among the examples (empty: none). They train like the
-    others but are no paired evidence for the gate: when a pair is scored the candidate has
-    already trained on its first half's label, so its loss difference is not test-then-train.
+    ``mined`` flags the examples the miner added that are no paired evidence for the monitors
+    and the gate (empty: mining off). They train like the others. With ``add`` those are the
+    pairs: when a pair is scored the candidate has already trained on its first half's label,
+    so its loss difference is not test-then-train. With ``replace`` a pair is evidence (neither
+    half trained before it), and the flagged ones are the released examples of events evicted
+    unpaired: each was already scored, as evidence, when its event arrived.
     """
 
     examples: list[Example]
@@ -178,12 +189,15 @@ class Ingestor:
                     if self.features is not None
                     else None
                 )
-                items: list[Item] = [(example, event.ts_epoch_s, features, False)]
+                ts = event.ts_epoch_s
+                items: list[Item] = [(example, ts, features, False)]
                 if self.miner is not None:
-                    pair = self.miner.feed((record.topic, record.partition), event)
-                    if pair is not None:
-                        mined: Item = (pair, event.ts_epoch_s, features, True)
-                        items = [mined] if self._replace else [*items, mined]
+                    fed = self.miner.feed((record.topic, record.partition), event, example)
+                    if fed.held:  # scored now, trained as a pair or once released
+                        items = [(dataclasses.replace(example, weight=0.0), ts, features, False)]
+                    items += [(held, ts, None, True) for held in fed.released]
+                    if fed.pair is not None:
+                        items.append((fed.pair, ts, features, not self._replace))
                 full = None
                 for item in items:  # a mined pair stays in its completing event's batch
                     if full is None:
@@ -293,6 +307,13 @@ class Ingestor:
             ValueError: ``saved`` is not a mining state (says what was found).
         """
         if self.miner is None:
+            if saved is not None and (held := MinerState.from_json(saved).held):
+                log.warning(
+                    "the checkpoint holds %d thumbs/ratings that mining 'replace' held back, "
+                    "not trained yet; with mining off they are dropped (turn mining on to "
+                    "keep them)",
+                    held,
+                )
             return
         state = MinerState.from_json(saved) if saved is not None else MinerState({})
         self.miner.load(state)

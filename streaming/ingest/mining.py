@@ -23,16 +23,29 @@ checkpoint re-mines exactly the same pairs. Memory is bounded: at most ``max_pen
 events per partition, the oldest evicted first; evictions are counted by reason (``window``:
 too old to pair, ``capacity``: pushed out).
 
+What trains is the mode's choice (:data:`MODES`). With ``add`` every event trains its own
+pointwise example when it arrives and the pair trains besides. With ``replace`` the pair trains
+*instead of* both pointwise examples: a pairable event (a thumb or rating the miner buffers, or
+the one that completes a pair) is scored when it arrives but does not train then
+(:attr:`Fed.held`); its pointwise example waits in the buffer with it. When its partner comes,
+the pair replaces both; when it leaves the buffer unpaired (either eviction), its pointwise
+example is handed back (:attr:`Fed.released`) to train in the micro-batch being formed, so
+nothing is dropped. So no label of a pair trains before the pair is scored, and the second
+half is scored before anything of the first half's label reached the model. The held examples
+are part of the buffer, and so of every snapshot: a restart from a checkpoint releases (or
+pairs) each of them exactly once.
+
 Example:
     >>> from streaming.events import decode_event
     >>> def event(i, value, reply):
     ...     return decode_event(('{"event_id": "e%d", "ts": "2026-01-01T00:00:0%dZ", '
     ...         '"prompt": "hi", "response": "%s", "conversation_id": "c1", '
     ...         '"feedback": {"type": "thumb", "value": %d}}' % (i, i, reply, value)).encode())
-    >>> miner = PairMiner(MiningSettings(mode="add"))
-    >>> miner.feed(("feedback", 0), event(1, -1, "go away")) is None
-    True
-    >>> pair = miner.feed(("feedback", 0), event(2, 1, "hello!"))
+    >>> miner = PairMiner(MiningSettings(mode="replace"))
+    >>> fed = miner.feed(("feedback", 0), event(1, -1, "go away"))
+    >>> fed.pair, fed.held, miner.pending  # it waits, its own thumb held back
+    (None, True, 1)
+    >>> pair = miner.feed(("feedback", 0), event(2, 1, "hello!")).pair
     >>> pair.response, pair.rejected, miner.pending
     ('hello!', 'go away', 0)
 """
@@ -46,12 +59,14 @@ from typing import Any
 
 from learner.base import Example
 from streaming.base import TopicPartition
-from streaming.events import FeedbackEvent
+from streaming.events import FeedbackEvent, to_example
 
 MODES = ("off", "add", "replace")
-"""``ingest.mining``: off; ``add`` the pair to both pointwise examples; ``replace`` the
-completing event's pointwise example by the pair."""
-_FORMAT = 1
+"""``ingest.mining``: ``off``; ``add``: the pair trains besides both events' pointwise examples,
+which train when they arrive; ``replace``: the pair trains instead of both pointwise examples,
+a pairable event's example waiting in the buffer and training only if the event leaves it
+unpaired."""
+_FORMAT = 2  # 2: entries carry the held-back example; 1 (none held) is still read
 _MAX_LINK_CHARS = 200  # like event_id: a longer link is no id, it is ignored
 
 Key = tuple[str, ...]
@@ -85,6 +100,30 @@ class MiningSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Fed:
+    """What one fed event gives the micro-batch being formed.
+
+    Attributes:
+        pair: The preference example the event completed, or None.
+        held: The event's own pointwise example must not train now (``replace``, a pairable
+            event): it waits in the buffer, or the pair replaces it. It is still scored.
+        released: Pointwise examples held back earlier whose events left the buffer unpaired
+            (evicted, oldest first), to train now.
+
+    Example:
+        >>> Fed().held, Fed().released
+        (False, ())
+    """
+
+    pair: Example | None = None
+    held: bool = False
+    released: tuple[Example, ...] = ()
+
+
+_NOTHING = Fed()
+
+
+@dataclass(frozen=True, slots=True)
 class _Pending:
     """One unpaired event: what a later pair needs of it, and where it is indexed."""
 
@@ -94,6 +133,7 @@ class _Pending:
     response: str
     weight: float
     keys: tuple[Key, ...]
+    held: Example | None = None  # its pointwise example, not trained yet (replace)
 
 
 class _Buffer:
@@ -139,8 +179,17 @@ class MinerState:
 
     buffers: dict[TopicPartition, _Buffer]
 
+    @property
+    def held(self) -> int:
+        """Remembered events whose pointwise example is held back (not trained yet)."""
+        return sum(e.held is not None for b in self.buffers.values() for e in b.entries.values())
+
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready: per partition its event count and unpaired events, oldest first."""
+        """JSON-ready: per partition its event count and unpaired events, oldest first.
+
+        An event's held-back example is saved as ``[prompt, target]`` (its response and weight
+        are the event's), or null when it trained on arrival.
+        """
         return {
             "format": _FORMAT,
             "partitions": [
@@ -149,7 +198,15 @@ class MinerState:
                     partition,
                     buf.seq,
                     [
-                        [e.seq, e.ts, e.rating, e.response, e.weight, [list(k) for k in e.keys]]
+                        [
+                            e.seq,
+                            e.ts,
+                            e.rating,
+                            e.response,
+                            e.weight,
+                            [list(k) for k in e.keys],
+                            None if e.held is None else [e.held.prompt, e.held.target],
+                        ]
                         for e in buf.entries.values()
                     ],
                 ]
@@ -161,7 +218,7 @@ class MinerState:
     def from_json(cls, data: Any) -> MinerState:
         """Rebuild :meth:`to_json` output; raises ``ValueError`` saying what is wrong."""
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        if found != _FORMAT:
+        if found not in (1, _FORMAT):
             raise ValueError(
                 f"mining state must be a dict with format {_FORMAT}, found {found!r}; it was "
                 "written by another version of feedstep - move the checkpoint directory away"
@@ -171,7 +228,8 @@ class MinerState:
             for topic, partition, seq, entries in data["partitions"]:
                 buf = _Buffer()
                 buf.seq = int(seq)
-                for e_seq, ts, rating, response, weight, keys in entries:
+                for e_seq, ts, rating, response, weight, keys, *rest in entries:
+                    held = rest[0] if found == _FORMAT else None  # format 1: none held
                     buf.add(
                         _Pending(
                             int(e_seq),
@@ -180,6 +238,11 @@ class MinerState:
                             str(response),
                             float(weight),
                             tuple(tuple(str(part) for part in k) for k in keys),
+                            None
+                            if held is None
+                            else Example(
+                                str(held[0]), str(response), float(held[1]), weight=float(weight)
+                            ),
                         )
                     )
                 buffers[(str(topic), int(partition))] = buf
@@ -201,7 +264,9 @@ class PairMiner:
 
     def __init__(self, settings: MiningSettings) -> None:
         self.settings = settings
+        self._hold = settings.mode == "replace"
         self._buffers: dict[TopicPartition, _Buffer] = {}
+        self._released: list[Example] = []  # held examples evicted, not handed out yet
         self.mined = 0
         self.evicted = {"window": 0, "capacity": 0}
 
@@ -210,13 +275,17 @@ class PairMiner:
         """Unpaired events remembered, over all partitions."""
         return sum(len(buf.entries) for buf in self._buffers.values())
 
-    def feed(self, where: TopicPartition, event: FeedbackEvent) -> Example | None:
-        """Take one accepted event of partition ``where``; the pair it completes, if any.
+    def feed(
+        self, where: TopicPartition, event: FeedbackEvent, example: Example | None = None
+    ) -> Fed:
+        """Take one accepted event of partition ``where``: what the batch being formed gets.
 
         Every accepted event must be fed, in its partition's order (events that cannot pair
-        still count toward ``window_events``). Returns a preference example of the completing
-        event's prompt, the better-rated reply chosen, weighted by the smaller of the two
-        weights; or None, and the event is remembered if it can pair later.
+        still count toward ``window_events``). :attr:`Fed.pair` is a preference example of the
+        completing event's prompt, the better-rated reply chosen, weighted by the smaller of
+        the two weights; without one, the event is remembered if it can pair later. With
+        ``replace``, ``example`` (the event's pointwise example; ``to_example(event)`` if not
+        given) is held back with a remembered event (:class:`Fed`).
         """
         buf = self._buffers.get(where)
         if buf is None:
@@ -227,22 +296,40 @@ class PairMiner:
         rating = _rating(event)
         keys = _keys(event) if rating is not None else ()
         if rating is None or not keys:
-            return None
+            return self._fed(None, held=False)
         partner = self._partner(buf, keys, rating, ts, event.response)
         if partner is None:
-            buf.add(_Pending(buf.seq, ts, rating, event.response, event.weight, keys))
+            held = None
+            if self._hold:
+                held = example if example is not None else to_example(event)
+            buf.add(_Pending(buf.seq, ts, rating, event.response, event.weight, keys, held))
             if len(buf.entries) > self.settings.max_pending:
-                buf.remove(buf.oldest())  # type: ignore[arg-type]
-                self.evicted["capacity"] += 1
-            return None
+                self._evict(buf, buf.oldest(), "capacity")  # type: ignore[arg-type]
+            return self._fed(None, held=self._hold)
         buf.remove(partner)
+        if partner.held is not None and not self._hold:
+            # Held back under replace (a checkpoint of another mode): it has not trained yet.
+            self._released.append(partner.held)
         self.mined += 1
         better, worse = (event.response, partner.response)
         if partner.rating > rating:
             better, worse = worse, better
-        return Example(
+        pair = Example(
             event.prompt, better, rejected=worse, weight=min(event.weight, partner.weight)
         )
+        return self._fed(pair, held=self._hold)
+
+    def _fed(self, pair: Example | None, held: bool) -> Fed:
+        if pair is None and not held and not self._released:
+            return _NOTHING
+        released, self._released = tuple(self._released), []
+        return Fed(pair, held, released)
+
+    def _evict(self, buf: _Buffer, entry: _Pending, reason: str) -> None:
+        buf.remove(entry)
+        self.evicted[reason] += 1
+        if entry.held is not None:
+            self._released.append(entry.held)
 
     def _partner(
         self, buf: _Buffer, keys: tuple[Key, ...], rating: int, ts: float, response: str
@@ -267,8 +354,7 @@ class PairMiner:
         while (e := buf.oldest()) is not None and (
             buf.seq - e.seq > s.window_events or ts - e.ts > s.window_s
         ):
-            buf.remove(e)
-            self.evicted["window"] += 1
+            self._evict(buf, e, "window")
 
     # -- state ----------------------------------------------------------------------------------
     def snapshot(self) -> MinerState:
@@ -278,12 +364,14 @@ class PairMiner:
     def load(self, state: MinerState) -> None:
         """Make the buffers those of ``state`` (copied; ``state`` stays as it is).
 
-        A state larger than ``max_pending`` (saved with a larger bound) keeps its newest.
+        A state larger than ``max_pending`` (saved with a larger bound) keeps its newest; the
+        held examples of the others come out with the next :meth:`feed` (capacity evictions).
         """
         self._buffers = {tp: buf.copy() for tp, buf in state.buffers.items()}
+        self._released = []
         for buf in self._buffers.values():
             while len(buf.entries) > self.settings.max_pending:
-                buf.remove(buf.oldest())  # type: ignore[arg-type]
+                self._evict(buf, buf.oldest(), "capacity")  # type: ignore[arg-type]
 
 
 def _rating(event: FeedbackEvent) -> int | None:

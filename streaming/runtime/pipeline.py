@@ -218,6 +218,12 @@ class Pipeline:
             grace_s=s.shutdown_timeout_s,
             round_wait_s=s.max_wait_ms / 1000,
         )
+        if s.mining.mode == "replace" and checkpoints is None and not source.finite:
+            raise ValueError(
+                "ingest.mining = 'replace' holds thumbs back until their pair arrives; without "
+                "checkpoints their offsets would be committed while they wait and a restart "
+                "would lose them: set checkpoints.every_steps > 0, or use mining = 'add'"
+            )
         self._lockstep = getattr(learner, "lockstep", None)
         if self._lockstep is not None and (checkpoints is None or s.mining.mode != "off"):
             raise ValueError(

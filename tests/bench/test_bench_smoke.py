@@ -140,9 +140,12 @@ def test_thumbs_prints_pairwise_accuracy_for_every_configuration():
         "--threads", "1",
     )  # fmt: skip
     assert 0.0 <= result(out, "pairwise") <= 1.0
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:7]}
-    assert list(rows) == ["plain", "live", "mean", "mining", "both", "shuffled"]
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:9]}
+    assert list(rows) == [
+        "plain", "live", "mean", "mining", "both", "replace", "replace_ref", "shuffled"
+    ]  # fmt: skip
     assert rows["plain"][6] == "0" and int(rows["mining"][6]) > 0  # pairs mined
+    assert int(rows["replace"][6]) > 0 and rows["shuffled"][2] == "replace"  # the control's
     assert rows["shuffled"][8] == "0"  # the control: no promotion
     assert "pairs=16 events=32" in out
 
@@ -203,3 +206,14 @@ def test_score_latency_prints_idle_and_training_percentiles():
     assert 0 < float(idle.group(1)) <= float(idle.group(2))
     assert int(busy.group(1)) >= 1  # the requests were served while steps ran
     assert result(out, "p99_training_ms") > 0
+
+
+def test_lockstep_prints_events_per_second_of_one_and_two_ranks(tmp_path):
+    out = run_bench(
+        "lockstep.py", "--model", "tiny", "--steps", "2", "--warmup", "1", "--batch-size", "4",
+        "--max-length", "32", "--out", str(tmp_path),
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+[12]\s", line)]
+    assert [r[0] for r in rows] == ["1", "2"], out
+    assert float(rows[1][3]) > 0  # two ranks all-reduce a gradient; one rank does not
+    assert result(out, "events_per_s") > 0

@@ -465,3 +465,19 @@ def test_step_config_rejects_bad_new_values():
         StepConfig(lr=0.01, min_lr=0.1)
     with pytest.raises(ValueError, match="lora_r"):
         StepConfig(trainable="lora", lora_r=0)
+
+
+def test_a_batch_whose_examples_all_weigh_zero_is_scored_but_changes_nothing(tiny_parts, objective):
+    make, _ = tiny_parts
+    learner = Learner(make(0), objective, StepConfig(lr=1e-2, weight_decay=0.1))
+    before = _weights(learner.candidate)
+    held = [
+        Example("Q?", "A.", target=1.0, weight=0.0),
+        Example("Q?", "B.", target=0.0, weight=0.0),
+    ]
+    result = learner.step(objective.collate(held))
+    assert result.applied and result.skip_reason is None
+    assert result.candidate.score.shape == (2,) and torch.isfinite(result.candidate.loss).all()
+    assert learner.steps == 0 and learner.skipped == 0
+    for name, value in _weights(learner.candidate).items():
+        assert torch.equal(value, before[name]), name  # no decay, no momentum: untouched

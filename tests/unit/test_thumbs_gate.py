@@ -4,7 +4,9 @@ A real Governor and gate (publish=False) watch a short run of a tiny reward mode
 stream. When the thumbs say something the text carries (replies that start with "good" are
 thumbed up), the gate promotes: the setup can promote. When the same thumbs are dealt at random
 within each pair, the paired loss differences the sequential test sees have no edge to find,
-for mined pairs and for every reference point alike, and the gate promotes nothing.
+for mined pairs and for every reference point alike, and the gate promotes nothing. With
+``replace`` the mined pairs are part of that evidence (neither half trained before the pair is
+scored); with ``add`` they are kept out (the first half trained before).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _stream(n_pairs: int, shuffled: bool, seed: int = 0) -> list[bytes]:
     ]
 
 
-def _promotions(tiny_parts, reference: str, shuffled: bool) -> int:
+def _promotions(tiny_parts, reference: str, shuffled: bool, mining: str = "add") -> int:
     obj = RewardObjective(tiny_parts[1], max_length=24, reference=reference)
     learner = Learner(tiny_parts[0](0), obj, StepConfig(lr=2e-3, l2sp_weight=0.0))
     metrics = Metrics()
@@ -70,19 +72,23 @@ def _promotions(tiny_parts, reference: str, shuffled: bool) -> int:
         learner,
         metrics,
         PipelineSettings(
-            batch_size=8, max_wait_ms=60_000, log_every_s=1e9, mining=MiningSettings(mode="add")
+            batch_size=8, max_wait_ms=60_000, log_every_s=1e9, mining=MiningSettings(mode=mining)
         ),
         governor=governor,
     )
     pipe.run()
     assert pipe.ingestor.miner is not None and pipe.ingestor.miner.mined > 150
+    mined_evidence = pipe.prequential.events - 400  # 400 thumbs, each scored as it arrived
+    assert mined_evidence == (pipe.ingestor.miner.mined if mining == "replace" else 0)
     return sum(1 for e in governor.history if e.kind == "promote")
 
 
-def test_the_gate_promotes_when_thumbs_carry_a_signal(tiny_parts):
-    assert _promotions(tiny_parts, "live", shuffled=False) >= 1
+@pytest.mark.parametrize("mining", ["add", "replace"])
+def test_the_gate_promotes_when_thumbs_carry_a_signal(tiny_parts, mining):
+    assert _promotions(tiny_parts, "live", shuffled=False, mining=mining) >= 1
 
 
+@pytest.mark.parametrize("mining", ["add", "replace"])
 @pytest.mark.parametrize("reference", ["none", "live", "mean"])
-def test_the_gate_promotes_nothing_on_shuffled_thumbs(tiny_parts, reference):
-    assert _promotions(tiny_parts, reference, shuffled=True) == 0
+def test_the_gate_promotes_nothing_on_shuffled_thumbs(tiny_parts, reference, mining):
+    assert _promotions(tiny_parts, reference, shuffled=True, mining=mining) == 0
