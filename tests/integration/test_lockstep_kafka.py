@@ -10,7 +10,9 @@ first-seen events produced, and the group's committed offsets are the topic's en
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -53,9 +55,16 @@ def wait_for(log: Path, pattern: str, timeout: float) -> None:
 
 
 def workers(agent: subprocess.Popen[bytes]) -> list[int]:
-    """The rank processes torchrun's agent started."""
-    out = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
+    """The rank processes torchrun's agent started (its children, from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == agent.pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
 
 
 def test_a_rank_killed_with_sigkill_loses_and_repeats_nothing(
@@ -75,7 +84,7 @@ def test_a_rank_killed_with_sigkill_loses_and_repeats_nothing(
         time.sleep(1.5)
         ranks = workers(agent)
         assert len(ranks) == 2, ranks
-        subprocess.run(["kill", "-9", str(ranks[1])], check=True)
+        os.kill(ranks[1], signal.SIGKILL)
         wait_for(log, r"rank \d restored checkpoint", timeout=180)  # the group restarted
     finally:
         produced = feeder.stop()
