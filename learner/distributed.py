@@ -271,16 +271,17 @@ class Lockstep:
         """Rank 0's ``value`` on every rank (the others pass anything, e.g. None)."""
         return self._broadcast_json(value, group=self.control)
 
-    def broadcast_bytes(self, data: bytes | None) -> bytes:
-        """Rank 0's ``data`` on every rank (the others pass None)."""
-        size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64)
-        dist.broadcast(size, src=0, group=self.control)
+    def broadcast_bytes(self, data: bytes | None, src: int = 0) -> bytes:
+        """Rank ``src``'s ``data`` on every rank (the others pass None)."""
+        mine = self.rank == src
+        size = torch.tensor([len(data) if mine and data else 0], dtype=torch.int64)
+        dist.broadcast(size, src=src, group=self.control)
         buf = torch.zeros(int(size), dtype=torch.uint8)
-        if self.leader and data:
+        if mine and data:
             buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if int(size):
-            dist.broadcast(buf, src=0, group=self.control)
-        return buf.numpy().tobytes() if not self.leader else (data or b"")
+            dist.broadcast(buf, src=src, group=self.control)
+        return (data or b"") if mine else buf.numpy().tobytes()
 
     def barrier(self) -> None:
         """Wait until every rank's loop thread is here."""

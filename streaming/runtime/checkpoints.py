@@ -13,10 +13,11 @@ committed after every step.
 In lockstep (:mod:`learner.distributed`) a checkpoint is one collective act of every rank,
 taken between two rounds that all ranks agreed on: each rank's offsets, ledger and
 de-duplication window are gathered to rank 0, which writes them with the weights (once); only
-when rank 0 says the checkpoint is on disk does any rank commit. At start rank 0 sends the
-newest intact checkpoint's files to every rank, so each restores the same weights, optimizer
-and schedule, seeks the partitions it reads now (they may be others than before a restart with
-another world size) and keeps the ledger ranges of those partitions.
+when rank 0 says the checkpoint is on disk does any rank commit. At start the rank whose
+directory holds the newest intact checkpoint (rank 0's, unless a restart made another pod rank
+0) sends its files to every rank, so each restores the same weights, optimizer and schedule,
+seeks the partitions it reads now (they may be others than before a restart with another world
+size) and keeps the ledger ranges of those partitions.
 """
 
 from __future__ import annotations
@@ -282,26 +283,36 @@ class CheckpointTracker:
         return int(loaded.step)
 
     def _restore_lockstep(self) -> int | None:
-        """Every rank restores rank 0's newest intact checkpoint (see the module doc)."""
+        """Every rank restores the group's newest intact checkpoint (see the module doc).
+
+        Each rank looks into its own checkpoint directory (one shared folder, or one volume per
+        pod of which only rank 0's is written): the newest by step wins, the lowest rank on a
+        tie, so a restart that makes another pod rank 0 does not resume from an older one.
+        """
         lockstep, checkpoints = self.lockstep, self.checkpoints
         assert lockstep is not None and checkpoints is not None
-        packed = None
-        if lockstep.leader:
-            found = checkpoints.latest_extra()
-            packed = _pack(found[0]) if found is not None else b""
-        packed = lockstep.broadcast_bytes(packed)
-        if not packed:
+        found = checkpoints.latest_extra()
+        steps = lockstep.gather_json(found[1] if found is not None else -1)
+        src = -1  # on rank 0: the rank with the newest checkpoint (-1: none anywhere)
+        if steps is not None and max(steps) >= 0:
+            src = steps.index(max(steps))
+        src = int(lockstep.broadcast_json(src))
+        loaded = None
+        if src < 0:
             log.info("no checkpoint in %s; every rank starts fresh", checkpoints.directory)
-            loaded = None
-        elif lockstep.leader:
-            loaded = checkpoints.load_latest(self.learner)
         else:
-            folder = Path(tempfile.mkdtemp(prefix="feedstep-rank-ckpt-"))
-            try:
-                _unpack(packed, folder)
-                loaded = CheckpointManager(folder).load_latest(self.learner)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            mine = lockstep.rank == src
+            assert not mine or found is not None
+            packed = lockstep.broadcast_bytes(_pack(found[0]) if mine and found else None, src)
+            if mine:
+                loaded = checkpoints.load_latest(self.learner)
+            else:
+                folder = Path(tempfile.mkdtemp(prefix="feedstep-rank-ckpt-"))
+                try:
+                    _unpack(packed, folder)
+                    loaded = CheckpointManager(folder).load_latest(self.learner)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
         # every rank starts from rank 0's weights (a fresh start too: its store's LIVE)
         self.learner.sync_from_leader(reset=False)
         if loaded is None:

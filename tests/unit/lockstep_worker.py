@@ -104,5 +104,33 @@ def run_rank(rank: int, world: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
+def restore_rank(rank: int, world: int, folder: str) -> None:
+    """Restore through the pipeline from this rank's own checkpoint directory, then save."""
+    from learner.checkpoint import CheckpointManager
+    from monitors.metrics import Metrics
+    from streaming.runtime.pipeline import Pipeline
+    from streaming.testing import MemorySink, MemorySource
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{folder}/rendezvous-restore",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+    model = learner(Lockstep(rank, world))
+    checkpoints = CheckpointManager(Path(folder) / f"rank{rank}")
+    pipe = Pipeline(MemorySource([]), MemorySink(), model, Metrics(), checkpoints=checkpoints)
+    step = pipe.restore()
+    save_file(
+        {n: p.detach().contiguous() for n, p in model.candidate.named_parameters()},
+        str(Path(folder) / f"restored{rank}.safetensors"),
+    )
+    (Path(folder) / f"restored{rank}.json").write_text(json.dumps({"step": step}))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    run_rank(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    mode, *rest = sys.argv[1:]
+    run = {"train": run_rank, "restore": restore_rank}[mode]
+    run(int(rest[0]), int(rest[1]), rest[2])

@@ -23,7 +23,7 @@ def two_ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lockstep")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.unit.lockstep_worker", str(r), "2", str(folder)],
+            [sys.executable, "-m", "tests.unit.lockstep_worker", "train", str(r), "2", str(folder)],
             cwd=ROOT,
         )
         for r in range(2)
@@ -113,3 +113,37 @@ def test_a_lockstep_rank_exports_its_all_reduce_time_and_bytes():
     assert "feedstep_lockstep_world_size 2.0" in text
     assert "feedstep_allreduce_seconds_total 0.75" in text
     assert "feedstep_allreduce_bytes_total 3000.0" in text
+
+
+def test_every_rank_restores_the_newest_checkpoint_of_any_rank(tmp_path):
+    # Only rank 1's directory holds a checkpoint (a restart made another pod rank 0).
+    from learner.checkpoint import CheckpointManager
+    from streaming.ingest.offsets import Ledger
+
+    saved = worker.learner()
+    batch = saved.objective.collate(worker.examples(0, 0))
+    saved.step(batch)
+    saved.step(batch)
+    extra = {"offsets": [["feedback", 0, 0]], "ledger": Ledger().to_json(), "dedup": []}
+    CheckpointManager(tmp_path / "rank1").save(saved, {**extra, "world": 2, "governor": None})
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.unit.lockstep_worker",
+                "restore",
+                str(r),
+                "2",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+        )
+        for r in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    for r in range(2):
+        assert json.loads((tmp_path / f"restored{r}.json").read_text())["step"] == 2
+        restored = load_file(str(tmp_path / f"restored{r}.safetensors"))
+        for name, param in saved.candidate.named_parameters():
+            assert torch.equal(restored[name], param.detach()), (r, name)
