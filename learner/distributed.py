@@ -186,17 +186,16 @@ class Lockstep:
             self._flat = torch.zeros(width, dtype=dtype, device=self.device)
         flat = self._flat
         at = 0
-        for i, (p, n) in enumerate(zip(params, sizes, strict=True)):
+        reached = [float(p.grad is not None and finite) for p in params]
+        for p, n, by in zip(params, sizes, reached, strict=True):
             view = flat[at : at + n]
-            reached = p.grad is not None and finite
-            if reached:
+            if by:
                 view.copy_(p.grad.reshape(-1))  # type: ignore[union-attr]
             else:
                 view.zero_()
-            flat[total + 2 + i] = float(reached)
             at += n
-        flat[total] = weight if finite else 0.0
-        flat[total + 1] = 0.0 if finite else 1.0
+        tail = [weight if finite else 0.0, 0.0 if finite else 1.0, *reached]
+        flat[total:].copy_(torch.tensor(tail, dtype=flat.dtype))
         started = time.perf_counter()
         dist.all_reduce(flat)
         self.reduce_seconds += time.perf_counter() - started

@@ -260,6 +260,50 @@ class Ledger:
         ]
         return ledger
 
+    @classmethod
+    def union(cls, ledgers: Iterable[Ledger]) -> Ledger:
+        """One ledger of several (lockstep ranks, each with its own partitions).
+
+        Ranges and counters are added up, digests summed, violations kept.
+
+        Example:
+            >>> a, b = Ledger(), Ledger()
+            >>> a.apply({("t", 0): (0, 5)}, trained_ids=["x"])
+            >>> b.apply({("t", 1): (0, 3)}, trained_ids=["y"])
+            >>> both = Ledger.union([a, b])
+            >>> sorted(both.ranges), both.trained, both.digest == event_digest(["x", "y"])
+            ([('t', 0), ('t', 1)], 2, True)
+        """
+        union = cls()
+        for ledger in ledgers:
+            for tp, runs in ledger.ranges.items():
+                union.ranges.setdefault(tp, []).extend(runs)
+            union.trained += ledger.trained
+            union.skipped += ledger.skipped
+            union.rejected += ledger.rejected
+            union.duplicates += ledger.duplicates
+            union.digest = (union.digest + ledger.digest) & _MASK
+            union.violations += ledger.violations
+        for runs in union.ranges.values():
+            runs.sort()
+        return union
+
+    def share(self, partitions: Iterable[TopicPartition], counters: bool) -> Ledger:
+        """This ledger's ranges of ``partitions`` only, with its counters and digest or none.
+
+        What a lockstep rank resumes with: the ranges of the partitions it reads now, and the
+        group's counters on rank 0 only, so the union of the ranks' ledgers stays the history.
+        """
+        keep = set(partitions)
+        out = Ledger()
+        out.ranges = {tp: [list(r) for r in runs] for tp, runs in self.ranges.items() if tp in keep}
+        out.digest_kind = self.digest_kind
+        if counters:
+            out.trained, out.skipped = self.trained, self.skipped
+            out.rejected, out.duplicates = self.rejected, self.duplicates
+            out.digest, out.violations = self.digest, list(self.violations)
+        return out
+
 
 def check_ledgers(
     ledgers: Iterable[Ledger], expected_ends: Mapping[TopicPartition, int]

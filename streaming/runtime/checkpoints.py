@@ -178,16 +178,7 @@ class CheckpointTracker:
                 with self.lock:
                     if self.stages.results.empty():
                         offsets = dict(self.offsets)
-                        extra = {
-                            "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
-                            "ledger": self.ledger.to_json(),
-                            "dedup": self.ingestor.snapshot(),
-                            "mining": self.ingestor.mining_snapshot(),
-                            "governor": (
-                                self.governor.state_dict() if self.governor is not None else None
-                            ),
-                        }
-                        self.checkpoints.save(self.learner, extra)
+                        self.checkpoints.save(self.learner, self._state(offsets, governor=True))
                         saved = True
                         break
                 self.collect()  # the step that finished meanwhile
@@ -196,13 +187,30 @@ class CheckpointTracker:
             self._writing = False
         if not saved:
             return False
+        self._written()
+        self.commits.commit(offsets, wait=wait)
+        return True
+
+    def _state(self, offsets: dict[TopicPartition, int], governor: bool) -> dict[str, Any]:
+        """What a checkpoint holds beside the weights (a lockstep rank's part: no governor)."""
+        state = {
+            "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+            "ledger": self.ledger.to_json(),
+            "dedup": self.ingestor.snapshot(),
+            "mining": self.ingestor.mining_snapshot(),
+        }
+        if governor:
+            state["governor"] = self.governor.state_dict() if self.governor is not None else None
+        return state
+
+    def _written(self) -> None:
+        """A checkpoint is on disk: count it, restart the clocks."""
         self._uncheckpointed = False
+        self._switched = False
         self._steps = 0
         self._last = time.monotonic()
         self.summary.checkpoints += 1
         self.metrics.checkpoints.inc()
-        self.commits.commit(offsets, wait=wait)
-        return True
 
     def lockstep_checkpoint(self, wait: bool = False) -> bool:
         """Every rank's part of one lockstep checkpoint (the trainer waits between rounds).
@@ -214,12 +222,7 @@ class CheckpointTracker:
         assert lockstep is not None and self.checkpoints is not None
         with self.lock:
             offsets = dict(self.offsets)
-            mine = {
-                "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
-                "ledger": self.ledger.to_json(),
-                "dedup": [list(chunk) for chunk in self.ingestor.snapshot()],
-            }
-            parts = lockstep.gather_json(mine)
+            parts = lockstep.gather_json(self._state(offsets, governor=False))
             saved: bool | None = None
             if parts is not None:
                 extra = _merged(parts)
@@ -235,12 +238,7 @@ class CheckpointTracker:
             saved = bool(lockstep.broadcast_json(saved))  # no rank commits before it is durable
         if not saved:
             return False
-        self._uncheckpointed = False
-        self._switched = False
-        self._steps = 0
-        self._last = time.monotonic()
-        self.summary.checkpoints += 1
-        self.metrics.checkpoints.inc()
+        self._written()
         if offsets:
             self.commits.commit(offsets, wait=wait)
         elif wait:
@@ -262,12 +260,25 @@ class CheckpointTracker:
         if loaded is None:
             log.info("no checkpoint in %s; starting fresh", self.checkpoints.directory)
             return None
+        return self._resume(loaded)
+
+    def _resume(self, loaded: Any, owned: set[TopicPartition] | None = None) -> int:
+        """Take a loaded checkpoint's offsets, ledger, windows and governor state.
+
+        ``owned``: a lockstep rank's partitions now; it keeps only their offsets and ledger
+        ranges (the group's counters stay with rank 0), and the windows of every rank before.
+        """
         extra = loaded.extra
         offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
+        ledger = Ledger.from_json(extra.get("ledger"))
+        if owned is not None:
+            offsets = {tp: o for tp, o in offsets.items() if tp in owned}
+            ledger = ledger.share(owned, counters=self.lockstep is None or self.lockstep.leader)
         self.source.seek(offsets)
         self.offsets.update(offsets)
-        self.ledger = Ledger.from_json(extra.get("ledger"))
-        self.ingestor.restore(extra.get("dedup", []), self.dedup_window)
+        self.ledger = ledger
+        world = int(extra.get("world", 1))
+        self.ingestor.restore(extra.get("dedup", []), self.dedup_window * world)
         try:
             self.ingestor.restore_mining(extra.get("mining"))
         except ValueError as exc:
@@ -275,7 +286,8 @@ class CheckpointTracker:
         if self.governor is not None and extra.get("governor") is not None:
             self.governor.load_state_dict(extra["governor"])
         log.info(
-            "restored checkpoint %s (step %d); reading on from %s",
+            "%srestored checkpoint %s (step %d); reading on from %s",
+            "" if self.lockstep is None else f"rank {self.lockstep.rank} ",
             loaded.path.name,
             loaded.step,
             {f"{t}:{p}": o for (t, p), o in sorted(offsets.items())},
@@ -317,31 +329,7 @@ class CheckpointTracker:
         self.learner.sync_from_leader(reset=False)
         if loaded is None:
             return None
-        extra = loaded.extra
-        owned = set(self.source.position())
-        offsets = {(t, int(p)): int(o) for t, p, o in extra.get("offsets", [])}
-        offsets = {tp: o for tp, o in offsets.items() if tp in owned}
-        self.source.seek(offsets)
-        self.offsets.update(offsets)
-        ledger = Ledger.from_json(extra.get("ledger"))
-        ledger.ranges = {tp: r for tp, r in ledger.ranges.items() if tp in owned}
-        if not lockstep.leader:  # the counters and digest of the whole group stay on rank 0
-            ledger.trained = ledger.skipped = ledger.rejected = ledger.duplicates = 0
-            ledger.digest = 0
-            ledger.violations = []
-        self.ledger = ledger
-        world = int(extra.get("world", 1))
-        self.ingestor.restore(extra.get("dedup", []), self.dedup_window * world)
-        if self.governor is not None and extra.get("governor") is not None:
-            self.governor.load_state_dict(extra["governor"])
-        log.info(
-            "rank %d restored checkpoint %s (step %d); reading on from %s",
-            lockstep.rank,
-            loaded.path.name,
-            loaded.step,
-            {f"{t}:{p}": o for (t, p), o in sorted(offsets.items())},
-        )
-        return int(loaded.step)
+        return self._resume(loaded, owned=set(self.source.position()))
 
     def release(self, revoked: Iterable[TopicPartition]) -> None:
         """Revoked partitions leave the applied offsets; the next checkpoint drops them."""
@@ -354,23 +342,10 @@ class CheckpointTracker:
 
 def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """One checkpoint's extra from every rank's part: offsets, ledgers and windows, united."""
-    offsets = sorted(o for part in parts for o in part["offsets"])
     ledgers = [Ledger.from_json(part["ledger"]) for part in parts]
-    union = Ledger()
-    for ledger in ledgers:
-        for tp, runs in ledger.ranges.items():
-            union.ranges.setdefault(tp, []).extend(runs)
-        union.trained += ledger.trained
-        union.skipped += ledger.skipped
-        union.rejected += ledger.rejected
-        union.duplicates += ledger.duplicates
-        union.digest = (union.digest + ledger.digest) % 2**64
-        union.violations += ledger.violations
-    for runs in union.ranges.values():
-        runs.sort()
     return {
-        "offsets": offsets,
-        "ledger": union.to_json(),
+        "offsets": sorted(o for part in parts for o in part["offsets"]),
+        "ledger": Ledger.union(ledgers).to_json(),
         "ranks": [ledger.to_json() for ledger in ledgers],
         "dedup": [chunk for part in parts for chunk in part["dedup"]],
         "mining": None,

@@ -38,6 +38,17 @@ def learner(lockstep: Lockstep | None = None) -> Learner:
     return Learner(model, RewardObjective(tokenizer, max_length=32), CONFIG, lockstep=lockstep)
 
 
+def join(rank: int, world: int, rendezvous: Path) -> None:
+    """A gloo group of ``world`` processes on this machine, met through a file."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120),
+    )
+
+
 ROUNDS = 8
 PROMOTE_AFTER = 2  # rank 0 promotes (and boosts) after this round
 ROLLBACK_AFTER = 4  # and rolls back to the weights after round 1 after this one
@@ -55,13 +66,7 @@ def switch(model: Learner, step: int, saved: dict[str, torch.Tensor]) -> None:
 
 
 def run_rank(rank: int, world: int, folder: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/rendezvous",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
+    join(rank, world, Path(folder) / "rendezvous")
     torch.manual_seed(rank)  # the ranks' RNGs differ: sameness must come from the protocol
     lockstep = Lockstep(rank, world)
     model = learner(lockstep)
@@ -111,13 +116,7 @@ def restore_rank(rank: int, world: int, folder: str) -> None:
     from streaming.runtime.pipeline import Pipeline
     from streaming.testing import MemorySink, MemorySource
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{folder}/rendezvous-restore",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
+    join(rank, world, Path(folder) / "rendezvous-restore")
     model = learner(Lockstep(rank, world))
     checkpoints = CheckpointManager(Path(folder) / f"rank{rank}")
     pipe = Pipeline(MemorySource([]), MemorySink(), model, Metrics(), checkpoints=checkpoints)
