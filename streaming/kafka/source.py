@@ -405,33 +405,43 @@ class KafkaSource(Source):
         return dict(self._committed)
 
     def lag(self) -> dict[TP, int]:
-        """End offset minus position per assigned partition.
+        """End offset minus position per assigned partition (telemetry: never blocks or raises).
 
         Uses the high-water mark from the last fetch; when a partition has not been fetched
-        yet it asks the broker for end offsets, at most once every 5 seconds.
+        yet it asks the broker for end offsets, at most once every 5 seconds. A partition whose
+        position the client cannot give right now (an outage that began since the last
+        connection check leaves positions awaiting validation) is left out of this report.
         """
-        assignment = self._consumer.assignment()
         out: dict[TP, int] = {}
         if not self.connected():
             return out
+        positions: dict[TopicPartition, int] = {}
+        for tp in self._consumer.assignment():
+            try:
+                # timeout 0: the position as known now; validation waits for the next poll
+                position = self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                positions[tp] = position
         missing = []
-        for tp in assignment:
+        for tp, position in positions.items():
             high = self._consumer.highwater(tp)
             if high is None:
                 missing.append(tp)
-                continue
-            out[(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp))
+            else:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
         if missing and time.monotonic() - self._end_checked > 5.0:
             self._end_checked = time.monotonic()
             try:
-                ends = self._consumer.end_offsets(missing)
+                ends = self._consumer.end_offsets(missing, timeout_ms=2_000)
                 self._end_cache.update({(tp.topic, tp.partition): e for tp, e in ends.items()})
             except KafkaError as exc:
                 log.warning("could not read end offsets: %s", exc)
         for tp in missing:
             key = (tp.topic, tp.partition)
             if key in self._end_cache:
-                out[key] = max(0, self._end_cache[key] - self._consumer.position(tp))
+                out[key] = max(0, self._end_cache[key] - positions[tp])
         return out
 
     def close(self) -> None:

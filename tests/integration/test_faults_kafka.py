@@ -134,6 +134,11 @@ def test_broker_outage_mid_run_is_survived_without_a_restart(topic_name, tmp_pat
         sidecar = Sidecar(config, "sidecar", tmp_path / "sidecar.log")
         readyz = f"http://127.0.0.1:{sidecar.metrics_port()}/readyz"
 
+        def readiness() -> tuple[int, str]:
+            # an outage must never end the process: say so with its log, not with a timeout
+            assert sidecar.proc.poll() is None, f"the sidecar exited:\n{sidecar.tail()}"
+            return http_status(readyz)
+
         def drained() -> bool:
             ends = feeder.produced.ends()
             return committed_offsets(bootstrap, group, topic_name, 2) == ends
@@ -143,13 +148,13 @@ def test_broker_outage_mid_run_is_survived_without_a_restart(topic_name, tmp_pat
         broker.stop()
         status, body = wait_until(
             "/readyz to say not ready",
-            lambda: (lambda r: r if r[0] == 503 else None)(http_status(readyz)),
+            lambda: (lambda r: r if r[0] == 503 else None)(readiness()),
             timeout=60,
         )
         assert "broker unreachable" in body or "commit" in body
         time.sleep(2.0)
         broker.start()
-        wait_until("/readyz to be ready again", lambda: http_status(readyz)[0] == 200, 120)
+        wait_until("/readyz to be ready again", lambda: readiness()[0] == 200, 120)
         feeder.produce(300)
         wait_until("the next 300 events committed", drained, timeout=120)
         sidecar.terminate()
