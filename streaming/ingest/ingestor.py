@@ -22,6 +22,8 @@ close; once a batch is applied its snapshot is what a checkpoint saves
 (:meth:`Ingestor.mining_snapshot`), exactly as the applied events left them, as the
 de-duplication window leaves out events not yet applied: a held example is in the checkpoint
 until the batch that trains it (released or as a pair) is applied, so it trains exactly once.
+The segment of a batch lists the pairs it trains by their halves' event ids, so the ledger
+counts every mined pair applied (:class:`~streaming.ingest.offsets.Ledger`).
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ class Ingestor:
                     items += [(held, ts, None, True) for held in fed.released]
                     if fed.pair is not None:
                         items.append((fed.pair, ts, features, not self._replace))
+                        # the batch being formed closes with this segment: the ledger counts it
+                        segment.pairs.append(fed.pair_ids or ("", ""))
                 full = None
                 for item in items:  # a mined pair stays in its completing event's batch
                     if full is None:

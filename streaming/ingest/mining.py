@@ -66,7 +66,7 @@ MODES = ("off", "add", "replace")
 which train when they arrive; ``replace``: the pair trains instead of both pointwise examples,
 a pairable event's example waiting in the buffer and training only if the event leaves it
 unpaired."""
-_FORMAT = 2  # 2: entries carry the held-back example; 1 (none held) is still read
+_FORMAT = 2  # 2: entries carry the held-back example, then (optional) the event id; 1 is read
 _MAX_LINK_CHARS = 200  # like event_id: a longer link is no id, it is ignored
 
 Key = tuple[str, ...]
@@ -109,6 +109,9 @@ class Fed:
             event): it waits in the buffer, or the pair replaces it. It is still scored.
         released: Pointwise examples held back earlier whose events left the buffer unpaired
             (evicted, oldest first), to train now.
+        pair_ids: The event ids of its halves, chosen then rejected (the ledger's
+            :func:`~streaming.ingest.offsets.pair_id`); a half remembered in a state saved
+            without ids has ``""``. None without a pair.
 
     Example:
         >>> Fed().held, Fed().released
@@ -118,6 +121,7 @@ class Fed:
     pair: Example | None = None
     held: bool = False
     released: tuple[Example, ...] = ()
+    pair_ids: tuple[str, str] | None = None
 
 
 _NOTHING = Fed()
@@ -134,6 +138,7 @@ class _Pending:
     weight: float
     keys: tuple[Key, ...]
     held: Example | None = None  # its pointwise example, not trained yet (replace)
+    event_id: str = ""  # "" when loaded from a state saved without ids
 
 
 class _Buffer:
@@ -188,7 +193,8 @@ class MinerState:
         """JSON-ready: per partition its event count and unpaired events, oldest first.
 
         An event's held-back example is saved as ``[prompt, target]`` (its response and weight
-        are the event's), or null when it trained on arrival.
+        are the event's), or null when it trained on arrival; its event id comes last (a
+        state saved without it still loads, and an older feedstep ignores it).
         """
         return {
             "format": _FORMAT,
@@ -206,6 +212,7 @@ class MinerState:
                             e.weight,
                             [list(k) for k in e.keys],
                             None if e.held is None else [e.held.prompt, e.held.target],
+                            e.event_id,
                         ]
                         for e in buf.entries.values()
                     ],
@@ -229,7 +236,8 @@ class MinerState:
                 buf = _Buffer()
                 buf.seq = int(seq)
                 for e_seq, ts, rating, response, weight, keys, *rest in entries:
-                    held = rest[0] if found == _FORMAT else None  # format 1: none held
+                    held = rest[0] if found == _FORMAT and rest else None  # format 1: none
+                    event_id = str(rest[1]) if found == _FORMAT and len(rest) > 1 else ""
                     buf.add(
                         _Pending(
                             int(e_seq),
@@ -243,6 +251,7 @@ class MinerState:
                             else Example(
                                 str(held[0]), str(response), float(held[1]), weight=float(weight)
                             ),
+                            event_id,
                         )
                     )
                 buffers[(str(topic), int(partition))] = buf
@@ -302,7 +311,11 @@ class PairMiner:
             held = None
             if self._hold:
                 held = example if example is not None else to_example(event)
-            buf.add(_Pending(buf.seq, ts, rating, event.response, event.weight, keys, held))
+            buf.add(
+                _Pending(
+                    buf.seq, ts, rating, event.response, event.weight, keys, held, event.event_id
+                )
+            )
             if len(buf.entries) > self.settings.max_pending:
                 self._evict(buf, buf.oldest(), "capacity")  # type: ignore[arg-type]
             return self._fed(None, held=self._hold)
@@ -312,18 +325,22 @@ class PairMiner:
             self._released.append(partner.held)
         self.mined += 1
         better, worse = (event.response, partner.response)
+        ids = (event.event_id, partner.event_id)
         if partner.rating > rating:
             better, worse = worse, better
+            ids = (partner.event_id, event.event_id)
         pair = Example(
             event.prompt, better, rejected=worse, weight=min(event.weight, partner.weight)
         )
-        return self._fed(pair, held=self._hold)
+        return self._fed(pair, held=self._hold, pair_ids=ids)
 
-    def _fed(self, pair: Example | None, held: bool) -> Fed:
+    def _fed(
+        self, pair: Example | None, held: bool, pair_ids: tuple[str, str] | None = None
+    ) -> Fed:
         if pair is None and not held and not self._released:
             return _NOTHING
         released, self._released = tuple(self._released), []
-        return Fed(pair, held, released)
+        return Fed(pair, held, released, pair_ids)
 
     def _evict(self, buf: _Buffer, entry: _Pending, reason: str) -> None:
         buf.remove(entry)

@@ -10,9 +10,11 @@ when it has no step); only then do its offsets move the checkpointed and committ
 :class:`Ledger` is the compact, cumulative record of applied segments that every checkpoint
 carries: per partition, the half-open offset ranges applied so far (adjacent ranges merge, so an
 uninterrupted history is one range per partition), counters, an order-independent digest of the
-event ids trained on, and any **overlap** (a range applied twice) or **gap** (a range skipped).
+event ids trained on, the count and digest of the mined preference pairs trained
+(:func:`pair_digest`), and any **overlap** (a range applied twice) or **gap** (a range skipped).
 A fault test reads the ledger of the final checkpoint and checks that the union of ranges is the
-whole topic, that nothing overlapped, and that the digest equals the digest of every valid event.
+whole topic, that nothing overlapped, that the digest equals the digest of every valid event,
+and, with mining on, that the pair digest equals the digest of every pair the stream holds.
 
 Offsets follow Kafka's convention: ``end`` is the next offset to read.
 """
@@ -70,6 +72,32 @@ def event_digest(event_ids: Iterable[str]) -> int:
     return total & _MASK  # the sum's residue: the same as reducing after every addition
 
 
+def pair_id(chosen_id: str, rejected_id: str) -> str:
+    """A mined pair's identity: its halves' event ids, chosen then rejected, in one string.
+
+    The chosen id's length comes first, so two different pairs never give the same string.
+
+    Example:
+        >>> pair_id("e1", "e2"), pair_id("e2", "e1") == pair_id("e1", "e2")
+        ('2:e1e2', False)
+    """
+    return f"{len(chosen_id)}:{chosen_id}{rejected_id}"
+
+
+def pair_digest(pairs: Iterable[tuple[str, str]]) -> int:
+    """Order-independent digest of mined pairs, each ``(chosen id, rejected id)``.
+
+    It is :func:`event_digest` of their :func:`pair_id` strings.
+
+    Example:
+        >>> pair_digest([("a", "b"), ("c", "d")]) == pair_digest([("c", "d"), ("a", "b")])
+        True
+        >>> pair_digest([("a", "b")]) == pair_digest([("b", "a")])
+        False
+    """
+    return event_digest(pair_id(chosen, rejected) for chosen, rejected in pairs)
+
+
 def tp_key(tp: TopicPartition) -> str:
     """``"topic:partition"``, the ledger's JSON key for a topic-partition."""
     return f"{tp[0]}:{tp[1]}"
@@ -92,6 +120,8 @@ class Segment:
     """Sum of :func:`id_hash` of ``event_ids`` (not reduced mod 2**64)."""
     rejected: int = 0
     duplicates: int = 0
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    """The mined pairs its batch trains: ``(chosen event id, rejected event id)`` each."""
 
     @property
     def empty(self) -> bool:
@@ -141,6 +171,13 @@ class Violation:
 class Ledger:
     """Applied offset ranges per partition plus counters; JSON in every checkpoint.
 
+    ``trained`` counts every applied event, ``skipped`` those of them whose step was skipped
+    (their offsets are applied all the same, so a skipped event counts in both, and in
+    ``digest``). Mined pairs count the same way: ``pairs`` and ``pair_digest``
+    (:func:`pair_digest`) cover every pair of an applied segment, ``pairs_skipped`` those
+    whose step was skipped. A ledger written before pairs were counted loads with 0 pairs and
+    counts those applied from then on.
+
     Example:
         >>> ledger = Ledger()
         >>> ledger.apply({("t", 0): (0, 10)}, trained_ids=["a"], rejected=9)
@@ -161,6 +198,9 @@ class Ledger:
         "digest",
         "digest_kind",
         "violations",
+        "pairs",
+        "pairs_skipped",
+        "pair_digest",
     )
 
     def __init__(self) -> None:
@@ -173,6 +213,9 @@ class Ledger:
         # DIGEST_KIND, or "mixed" once a ledger written with another hash went on with this one
         self.digest_kind = DIGEST_KIND
         self.violations: list[Violation] = []
+        self.pairs = 0
+        self.pairs_skipped = 0
+        self.pair_digest = 0
 
     def apply(
         self,
@@ -182,12 +225,15 @@ class Ledger:
         rejected: int = 0,
         duplicates: int = 0,
         digest: int | None = None,
+        pairs: Iterable[tuple[str, str]] = (),
+        pairs_skipped: int = 0,
     ) -> None:
         """Record one applied segment: its offset ranges and what it held.
 
         ``digest``, when given, is the sum of the trained ids' :func:`id_hash` terms, known
         already (the ingestor sums them as it reads);
-        otherwise it is computed here.
+        otherwise it is computed here. ``pairs``: the mined pairs it trained, ``(chosen event
+        id, rejected event id)``; ``pairs_skipped`` of them in a skipped step.
         """
         ids = trained_ids if isinstance(trained_ids, (list, tuple)) else list(trained_ids)
         self.trained += len(ids)
@@ -197,6 +243,11 @@ class Ledger:
         self.skipped += skipped
         self.rejected += rejected
         self.duplicates += duplicates
+        if pairs:
+            pairs = pairs if isinstance(pairs, (list, tuple)) else list(pairs)
+            self.pairs += len(pairs)
+            self.pair_digest = (self.pair_digest + pair_digest(pairs)) & _MASK
+        self.pairs_skipped += pairs_skipped
         for tp, (start, end) in ranges.items():
             if end <= start:
                 continue
@@ -226,6 +277,9 @@ class Ledger:
             "digest": f"{self.digest:016x}",
             "digest_kind": self.digest_kind,
             "violations": [v.to_json() for v in self.violations],
+            "pairs": self.pairs,
+            "pairs_skipped": self.pairs_skipped,
+            "pair_digest": f"{self.pair_digest:016x}",
         }
 
     @classmethod
@@ -243,6 +297,9 @@ class Ledger:
         ledger.rejected = int(data.get("rejected", 0))
         ledger.duplicates = int(data.get("duplicates", 0))
         ledger.digest = int(str(data.get("digest", "0")), 16)
+        ledger.pairs = int(data.get("pairs", 0))  # 0: a ledger from before pairs were counted
+        ledger.pairs_skipped = int(data.get("pairs_skipped", 0))
+        ledger.pair_digest = int(str(data.get("pair_digest", "0")), 16)
         kind = str(data.get("digest_kind", "blake2b-64"))  # ledgers before it was recorded
         if kind != DIGEST_KIND:
             ledger.digest_kind = "mixed"
@@ -264,7 +321,7 @@ class Ledger:
     def union(cls, ledgers: Iterable[Ledger]) -> Ledger:
         """One ledger of several (lockstep ranks, each with its own partitions).
 
-        Ranges and counters are added up, digests summed, violations kept.
+        Ranges and counters (pairs too) are added up, digests summed, violations kept.
 
         Example:
             >>> a, b = Ledger(), Ledger()
@@ -284,6 +341,9 @@ class Ledger:
             union.duplicates += ledger.duplicates
             union.digest = (union.digest + ledger.digest) & _MASK
             union.violations += ledger.violations
+            union.pairs += ledger.pairs
+            union.pairs_skipped += ledger.pairs_skipped
+            union.pair_digest = (union.pair_digest + ledger.pair_digest) & _MASK
         for runs in union.ranges.values():
             runs.sort()
         return union
@@ -302,6 +362,8 @@ class Ledger:
             out.trained, out.skipped = self.trained, self.skipped
             out.rejected, out.duplicates = self.rejected, self.duplicates
             out.digest, out.violations = self.digest, list(self.violations)
+            out.pairs, out.pairs_skipped = self.pairs, self.pairs_skipped
+            out.pair_digest = self.pair_digest
         return out
 
 

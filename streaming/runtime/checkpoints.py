@@ -112,6 +112,8 @@ class CheckpointTracker:
             skipped=0 if stepped else len(segment.event_ids),
             rejected=segment.rejected,
             duplicates=segment.duplicates,
+            pairs=segment.pairs,
+            pairs_skipped=0 if stepped else len(segment.pairs),
         )
         self.offsets.update(segment.end)
         self.ingestor.applied(segment)

@@ -4,12 +4,13 @@ Used by ``test_faults_kafka.py`` (a few seeded trials in the suite) and runnable
 many more::
 
     python -m tests.integration.faultlib kill --trials 100 --seed 7
-    python -m tests.integration.faultlib leave --seed 3
+    python -m tests.integration.faultlib mining --trials 100 --seed 7
 
 The check is always the same: the ledgers of the final checkpoints (one per sidecar) cover
 every offset of the topic exactly once, and the events they trained on are exactly the valid,
 first-seen events that were produced — compared by count and by an order-independent digest of
-their ids.
+their ids. With pair mining (``mining``: thumbs written in pairs, :class:`PairFeeder`), also
+the mined pairs: every pair the stream holds was trained exactly once (:func:`verify_pairs`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,14 @@ from kafka.admin import NewTopic
 from kafka.structs import TopicPartition
 
 from learner.checkpoint import CheckpointManager
-from streaming.ingest.offsets import DIGEST_KIND, Ledger, check_ledgers, event_digest
+from streaming.ingest.mining import MinerState
+from streaming.ingest.offsets import (
+    DIGEST_KIND,
+    Ledger,
+    check_ledgers,
+    event_digest,
+    pair_digest,
+)
 from streaming.testing.simulate import SimulatedFeedback
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,11 +63,16 @@ MALFORMED = [
 
 @dataclass
 class Produced:
-    """What the feeder wrote: per message its partition, offset and event id (None if invalid)."""
+    """What the feeder wrote: per message its partition, offset and event id (None if invalid).
+
+    ``pairs``: the preference pairs the stream holds (:class:`PairFeeder`), each as
+    ``(chosen event id, rejected event id)``; empty for the plain :class:`Feeder`.
+    """
 
     topic: str
     partitions: int
     messages: list[tuple[int, int, str | None]] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
     def expected_ids(self, ends: dict[int, int] | None = None) -> list[str]:
         """First-seen valid event ids below ``ends`` (per partition; all when None)."""
@@ -103,7 +117,7 @@ class Feeder:
         self._gen = SimulatedFeedback(seed=seed)
         self._rng = random.Random(seed)
         self._i = 0
-        self._recent: list[tuple[bytes, str]] = []
+        self._recent: list[tuple[bytes, bytes, str]] = []  # payload, key, event id
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -114,13 +128,18 @@ class Feeder:
             payload = self._rng.choice(MALFORMED)
             return payload, str(self._i).encode(), None
         if self._i % 23 == 0 and self._recent:
-            payload, event_id = self._rng.choice(self._recent[-20:])
-            return payload, event_id.encode(), event_id
-        event = self._gen.event(self._i)
+            payload, key, event_id = self._rng.choice(self._recent[-20:])
+            return payload, key, event_id
+        event, key = self._valid()
         event_id = str(event["event_id"])
         payload = json.dumps(event, separators=(",", ":")).encode()
-        self._recent.append((payload, event_id))
-        return payload, event_id.encode(), event_id
+        self._recent.append((payload, key, event_id))
+        return payload, key, event_id
+
+    def _valid(self) -> tuple[dict[str, Any], bytes]:
+        """The next valid event and its message key."""
+        event = self._gen.event(self._i)
+        return event, str(event["event_id"]).encode()
 
     def produce(self, n: int) -> None:
         """Write ``n`` messages now and wait for their offsets."""
@@ -152,9 +171,63 @@ class Feeder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self._finish()
         self._producer.flush()
         self._producer.close()
         return self.produced
+
+    def _finish(self) -> None:
+        """Write what must follow before the stream ends (nothing here)."""
+
+
+class PairFeeder(Feeder):
+    """Like :class:`Feeder`, but every valid event is one half of a thumbs pair.
+
+    Each conversation gets two events on one prompt (same ``conversation_id``, different
+    replies), one thumb up and one down in a seeded order, ``1..gap`` messages apart; messages
+    are keyed by conversation, so both halves land on one partition. Malformed payloads and
+    redeliveries are mixed in as by :class:`Feeder` (a redelivery keeps its original's key).
+    :meth:`stop` writes the second halves still due, so every pair is complete; the pairs are in
+    ``produced.pairs`` as ``(thumb-up event id, thumb-down event id)``.
+    """
+
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, seed: int, gap: int = 10
+    ) -> None:
+        super().__init__(bootstrap, topic, partitions, seed)
+        self.gap = gap
+        self._open: list[tuple[int, dict[str, Any]]] = []  # second halves: (due at, event)
+        self._conversations = 0
+        self._closing = False
+
+    def _valid(self) -> tuple[dict[str, Any], bytes]:
+        if self._open and (self._closing or self._open[0][0] <= self._i):
+            event = self._open.pop(0)[1]
+        else:
+            n = self._conversations = self._conversations + 1
+            up_first = self._rng.random() < 0.5
+            first, second = (self._half(n, up) for up in (up_first, not up_first))
+            up, down = (first, second) if up_first else (second, first)
+            self.produced.pairs.append((str(up["event_id"]), str(down["event_id"])))
+            self._open.append((self._i + self._rng.randint(1, self.gap), second))
+            self._open.sort(key=lambda due: due[0])
+            event = first
+        event["ts"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return event, str(event["conversation_id"]).encode()
+
+    def _half(self, n: int, up: bool) -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.UUID(int=self._rng.getrandbits(128))),
+            "prompt": f"question {n}",
+            "response": f"{'a good' if up else 'a bad'} answer to {n}",
+            "conversation_id": f"conv-{n}",
+            "feedback": {"type": "thumb", "value": 1 if up else -1},
+        }
+
+    def _finish(self) -> None:
+        self._closing = True
+        while self._open:
+            self.produce(len(self._open))
 
 
 def write_config(path: Path, **values: Any) -> Path:
@@ -362,7 +435,7 @@ def verify(
     ends = produced.ends() if ends is None else ends
     problems = check_ledgers(ledgers, {(produced.topic, p): e for p, e in ends.items()})
     expected = produced.expected_ids(ends)
-    trained = sum(ledger.trained + ledger.skipped for ledger in ledgers)
+    trained = sum(ledger.trained for ledger in ledgers)  # skipped steps' events are in it
     if trained != len(expected):
         problems.append(f"{trained} events applied, expected {len(expected)} valid first-seen ones")
     digest = sum(ledger.digest for ledger in ledgers) % (1 << 64)
@@ -372,6 +445,34 @@ def verify(
     elif digest != event_digest(expected):
         problems.append("the digest of applied event ids differs from the produced valid ids")
     return problems
+
+
+def verify_pairs(ledgers: Iterable[Ledger], produced: Produced) -> list[str]:
+    """Problems with the mined pairs of ``ledgers``: every produced pair applied exactly once.
+
+    Compared by count and by the order-independent digest of the pairs' ids (chosen, then
+    rejected), over everything produced (call it once the topic is drained). A pair of a
+    skipped step counts as applied, as its events do in :func:`verify`.
+    """
+    ledgers = list(ledgers)
+    problems = []
+    applied = sum(ledger.pairs for ledger in ledgers)
+    if applied != len(produced.pairs):
+        problems.append(
+            f"{applied} mined pairs applied, expected each of the {len(produced.pairs)} "
+            "produced pairs once"
+        )
+    digest = sum(ledger.pair_digest for ledger in ledgers) % (1 << 64)
+    if digest != pair_digest(produced.pairs):
+        problems.append("the digest of applied pairs differs from the produced pairs")
+    return problems
+
+
+def held_in(store: Path) -> int:
+    """Thumbs the miner holds back in a store's final checkpoint (0 when it has none)."""
+    found = CheckpointManager(store / "checkpoints").latest_extra()
+    mining = found[2].get("mining") if found is not None else None
+    return MinerState.from_json(mining).held if mining is not None else 0
 
 
 def ledger_of(store: Path) -> Ledger:
@@ -387,19 +488,57 @@ def kill_trials(
     let a last one drain the topic. Returns what was produced, the last sidecar, kill delays."""
     partitions = 3
     create_topic(bootstrap, topic, partitions)
-    rng = random.Random(seed)
-    store = workdir / "store"
-    config = sidecar_config(
+    feeder = Feeder(bootstrap, topic, partitions, seed)
+    config = _kill_config(bootstrap, topic, workdir)
+    produced, last, delays, _ = _kill_and_drain(config, feeder, workdir, trials, seed, rate)
+    return produced, last, delays
+
+
+def mining_kill_trials(
+    bootstrap: str, topic: str, workdir: Path, trials: int, seed: int, rate: float = 120.0
+) -> tuple[Produced, Sidecar, list[int]]:
+    """:func:`kill_trials` with pair mining ``replace`` over thumbs written in pairs
+    (:class:`PairFeeder`). The windows are wide enough that every pair of the stream forms.
+
+    Returns what was produced (``produced.pairs``: the pairs), the last sidecar, and per kill
+    how many thumbs the checkpoint the next sidecar resumes from holds back for their partner.
+    """
+    partitions = 3
+    create_topic(bootstrap, topic, partitions)
+    feeder = PairFeeder(bootstrap, topic, partitions, seed)
+    config = _kill_config(
+        bootstrap,
+        topic,
+        workdir,
+        mining="replace",
+        mining_window_events=10_000,
+        mining_window_s=3600.0,
+        mining_max_pending=10_000,
+    )
+    produced, last, _, held = _kill_and_drain(config, feeder, workdir, trials, seed, rate)
+    return produced, last, held
+
+
+def _kill_config(bootstrap: str, topic: str, workdir: Path, **overrides: Any) -> Path:
+    return sidecar_config(
         workdir / "sidecar.toml",
         bootstrap,
         topic,
         f"{topic}-group",
-        store,
+        workdir / "store",
         group_instance_id=f"{topic}-0",
+        **overrides,
     )
-    feeder = Feeder(bootstrap, topic, partitions, seed)
+
+
+def _kill_and_drain(
+    config: Path, feeder: Feeder, workdir: Path, trials: int, seed: int, rate: float
+) -> tuple[Produced, Sidecar, list[float], list[int]]:
+    """Start ``feeder``; ``trials`` times start a sidecar and kill -9 it after a seeded delay;
+    stop the feeder and start the last sidecar. Also returns the held thumbs at each kill."""
+    rng = random.Random(seed)
     feeder.start(rate)
-    delays = []
+    delays, held = [], []
     try:
         for trial in range(trials):
             sidecar = Sidecar(config, f"sidecar try {trial}", workdir / f"try-{trial}.log")
@@ -408,10 +547,11 @@ def kill_trials(
             delays.append(delay)
             time.sleep(delay)
             sidecar.kill9()
+            held.append(held_in(workdir / "store"))
     finally:
         produced = feeder.stop()
     last = Sidecar(config, "sidecar drain", workdir / "drain.log")
-    return produced, last, delays
+    return produced, last, delays, held
 
 
 class LocalBroker:
@@ -465,24 +605,32 @@ def wait_until(what: str, check: Any, timeout: float, every: float = 0.3) -> Any
 
 def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=["kill"])
+    parser.add_argument("scenario", choices=["kill", "mining"])
     parser.add_argument("--bootstrap", default="127.0.0.1:" + os.environ.get("KAFKA_PORT", "9092"))
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     import tempfile
-    import uuid
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="feedstep-faults-"))
     topic = f"faults-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    produced, last, delays = kill_trials(args.bootstrap, topic, workdir, args.trials, args.seed)
+    if args.scenario == "mining":
+        produced, last, _ = mining_kill_trials(
+            args.bootstrap, topic, workdir, args.trials, args.seed
+        )
+    else:
+        produced, last, _ = kill_trials(args.bootstrap, topic, workdir, args.trials, args.seed)
     rc = last.wait(timeout=300)
-    problems = verify([ledger_of(workdir / "store")], produced)
+    ledger = ledger_of(workdir / "store")
+    problems = verify([ledger], produced)
+    if args.scenario == "mining":
+        problems += verify_pairs([ledger], produced)
     print(
-        f"scenario=kill trials={args.trials} seed={args.seed} produced={len(produced.messages)} "
-        f"valid={len(produced.expected_ids())} exit={rc} problems={len(problems)} "
+        f"scenario={args.scenario} trials={args.trials} seed={args.seed} "
+        f"produced={len(produced.messages)} valid={len(produced.expected_ids())} "
+        f"pairs={len(produced.pairs)} exit={rc} problems={len(problems)} "
         f"elapsed_s={time.monotonic() - started:.0f} workdir={workdir}"
     )
     for problem in problems:

@@ -293,6 +293,21 @@ def test_held_examples_round_trip_through_json_and_format_1_still_loads():
     assert state.held == 0 and len(state.buffers[P0].entries) == 2
 
 
+def test_a_pair_names_its_halves_and_a_state_saved_without_ids_still_pairs():
+    m = _miner()
+    m.feed(P0, _event(1, 1, "a"))
+    assert m.feed(P0, _event(2, -1, "b")).pair_ids == ("e1", "e2")  # chosen, then rejected
+    m.feed(P0, _event(3, -1, "c", conv="c2"))
+    saved = json.loads(json.dumps(m.snapshot().to_json()))
+    assert saved["partitions"][0][3][0][7] == "e3"
+    for entries in (e for *_, e in saved["partitions"]):  # format 2 before ids: 7 fields
+        entries[:] = [entry[:7] for entry in entries]
+    resumed = _miner()
+    resumed.load(MinerState.from_json(saved))
+    fed = resumed.feed(P0, _event(4, 1, "d", conv="c2"))
+    assert fed.pair == Example("hi", "d", rejected="c") and fed.pair_ids == ("e4", "")
+
+
 def test_mining_off_leaves_batches_as_they_were():
     ing = _ingestor("off", batch_size=8)
     assert ing.miner is None and ing.mining_snapshot() is None
@@ -433,6 +448,8 @@ def test_a_crash_and_restart_trains_every_mined_pair_exactly_once(
     pipe = _pipeline(straight, values, None, mining=mining)
     pipe.run()
     expected, trained = _pairs(straight.trained), _trained(straight.trained)
+    straight_ledger = pipe.ledger
+    assert straight_ledger.pairs == sum(expected.values())
     assert max(trained.values()) == 1
     if mining.mode == "add":
         assert sum(expected.values()) == 24
@@ -462,6 +479,11 @@ def test_a_crash_and_restart_trains_every_mined_pair_exactly_once(
     assert _pairs(crashed.covered(step) + resumed.trained) == expected
     assert _trained(crashed.covered(step) + resumed.trained) == trained
     assert check_ledgers([pipe.ledger], MemorySource(values, partitions=2).end_offsets()) == []
+    # ... and the ledger the restart resumed and extended counts each pair once, by its ids
+    assert (pipe.ledger.pairs, pipe.ledger.pair_digest) == (
+        straight_ledger.pairs,
+        straight_ledger.pair_digest,
+    )
 
 
 def test_mined_pairs_train_but_are_no_evidence_for_the_monitors_and_gate(tiny_parts, objective):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import zlib
 
@@ -14,6 +15,8 @@ from streaming.ingest.offsets import (
     Segment,
     check_ledgers,
     event_digest,
+    pair_digest,
+    pair_id,
     parse_tp_key,
     tp_key,
 )
@@ -48,6 +51,37 @@ def test_json_round_trip_keeps_everything():
     assert again.to_json() == ledger.to_json()
     assert parse_tp_key(tp_key(("a:b", 3))) == ("a:b", 3)
     assert Ledger.from_json(None).to_json() == Ledger().to_json()
+
+
+def test_mined_pairs_are_counted_digested_round_trip_and_unite():
+    a, b = Ledger(), Ledger()
+    a.apply({T0: (0, 4)}, trained_ids=["e1", "e2"], pairs=[("e2", "e1")])
+    a.apply({T0: (4, 6)}, trained_ids=["e3"], skipped=1, pairs=[("e0", "e3")], pairs_skipped=1)
+    b.apply({T1: (0, 2)}, trained_ids=["f1"], pairs=iter([("f1", "f0")]))  # any iterable
+    assert (a.pairs, a.pairs_skipped) == (2, 1)  # a skipped step's pair counts in both
+    assert a.pair_digest == pair_digest([("e0", "e3"), ("e2", "e1")])
+    assert a.pair_digest != pair_digest([("e1", "e2"), ("e0", "e3")])  # chosen comes first
+    assert pair_id("ab", "c") != pair_id("a", "bc")
+    data = json.loads(json.dumps(a.to_json()))
+    assert data["pairs"] == 2 and Ledger.from_json(data).to_json() == a.to_json()
+    both = Ledger.union([a, b])
+    assert (both.pairs, both.pairs_skipped) == (3, 1)
+    assert both.pair_digest == pair_digest([("e2", "e1"), ("e0", "e3"), ("f1", "f0")])
+    assert a.share([T0], counters=True).pair_digest == a.pair_digest
+    assert a.share([T0], counters=False).pairs == 0
+
+
+def test_a_ledger_from_before_pairs_were_counted_loads_with_none_and_counts_on():
+    ledger = Ledger()
+    ledger.apply({T0: (0, 3)}, trained_ids=["a", "b"], rejected=1)
+    data = ledger.to_json()
+    for key in ("pairs", "pairs_skipped", "pair_digest"):
+        del data[key]
+    old = Ledger.from_json(data)
+    assert (old.pairs, old.pairs_skipped, old.pair_digest) == (0, 0, 0)
+    assert old.trained == 2 and old.digest == event_digest(["a", "b"])
+    old.apply({T0: (3, 5)}, trained_ids=["c"], pairs=[("c", "a")])
+    assert old.pairs == 1 and old.pair_digest == pair_digest([("c", "a")])
 
 
 def test_digest_changes_when_an_event_is_missing_or_doubled():
