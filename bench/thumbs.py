@@ -33,6 +33,8 @@ configuration on a stream whose thumbs are assigned at random within each pair, 
 real Governor and gate (publish=False, ``--gate-min-events``): its pairwise accuracy against the
 true labels should be about 0.5 and the gate should promote nothing. ``--gate`` attaches the
 same governor to the other configurations.
+``--center C`` sets ``learner.reward_center`` (reward centering of the pairs) for every
+configuration.
 
     python3 bench/thumbs.py --limit 600 --max-length 128            # every configuration
     python3 bench/thumbs.py --limit 600 --max-length 128 --config replace
@@ -164,7 +166,9 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
     reference = REFERENCE.get(like, args.reference)
     mining = MINING.get(like, "off")
     model, tokenizer = build_reward_model(ModelSpec(args.model, seed=args.seed))
-    objective = RewardObjective(tokenizer, max_length=args.max_length, reference=reference)
+    objective = RewardObjective(
+        tokenizer, max_length=args.max_length, reference=reference, center=args.center
+    )
     learner = Learner(
         model,
         objective,
@@ -306,6 +310,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="events per step")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--l2sp-weight", type=float, default=0.0)
+    ap.add_argument(
+        "--center", type=float, default=0.0, help="learner.reward_center of the pairs (0: off)"
+    )
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--max-gap", type=int, default=1000, help="events between a pair's halves")
     ap.add_argument(
@@ -349,7 +356,10 @@ def main() -> int:
         trend = " ".join(f"{v:.3f}" for v in row["quarters"])
         print(f"{row['config']}: pairwise by quarter of the pass (second halves' order): {trend}")
     real = [r for r in rows if r["config"] != "shuffled"] or rows
-    print(f"pairs={len(pairs)} events={rows[0]['events']} model={args.model}")
+    print(
+        f"pairs={len(pairs)} events={rows[0]['events']} model={args.model} "
+        f"lr={args.lr} center={args.center}"
+    )
     print(f"pairwise={max(r['pairwise'] for r in real):.3f}")
     return 0
 

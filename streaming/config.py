@@ -141,6 +141,10 @@ class LearnerConfig(_Section):
     (``mean``, as in BCO); see :mod:`learner.objectives.reward`."""
     reward_reference_decay: float = Field(default=0.99, ge=0, lt=1)
     """``mean``: decay of the running mean per step."""
+    reward_center: float = Field(default=0.0, ge=0)
+    """reward: each preference pair adds ``reward_center · (r_chosen + r_rejected)²`` to its
+    loss (reward centering, arXiv 2312.09244), which keeps rewards comparable across prompts,
+    versions and the two times a mined pair's halves were scored; 0 turns it off."""
 
 
 class StepSection(_Section):
@@ -329,6 +333,12 @@ class FeedstepConfig(BaseSettings):
                 f"mining={self.ingest.mining!r} work with objective 'reward' only, but "
                 f'objective={self.learner.objective!r}; set reward_reference = "none" and '
                 'mining = "off", or objective = "reward"'
+            )
+        if self.learner.objective != "reward" and self.learner.reward_center != 0.0:
+            raise ValueError(
+                f"reward_center={self.learner.reward_center} centres a reward model's pairs, "
+                f"but objective={self.learner.objective!r}; set reward_center = 0 or "
+                'objective = "reward"'
             )
         if self.learner.objective == "kto" and self.ingest.batch_size < 4:
             raise ValueError(

@@ -18,6 +18,15 @@ BCO, arXiv 2404.04656); the BCE logit of a pointwise example is
 
 Preference pairs keep the Bradley-Terry loss on the margin in every mode: a pair is its own
 reference.
+
+The Bradley-Terry loss sees only margins, so nothing holds the rewards' level: it drifts from
+step to step and from prompt to prompt. A reward served to a chat service is compared across
+model versions and prompts (a threshold, a best-of-n score logged beside a thumb later), and a
+pair mined from thumbs is judged by two scores taken at two times. ``center`` (a coefficient
+``c``) adds ``c · (r_chosen + r_rejected)²`` to each pair's loss, the auxiliary loss of
+Eisenstein et al. 2023 (arXiv 2312.09244; TRL's ``center_rewards_coefficient``): the two replies
+of a prompt are pulled toward mean 0, so a reward says how a reply compares with the replies
+to its own prompt. Pointwise examples have absolute targets and no centering term.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ class RewardObjective(Objective):
             (see the module doc and :meth:`from_values`).
         reference_decay: ``mean`` only: the decay ``γ`` of the running means, in [0, 1); each
             training step moves them by ``1 - γ`` toward that batch's mean reward.
+        center: the reward-centering coefficient ``c >= 0`` of preference pairs (see the module
+            doc); 0 turns it off. It is part of each pair's loss, so the gate's paired
+            differences compare the candidate and the baseline on the same centred loss.
 
     Example:
         >>> obj = RewardObjective(tokenizer, max_length=64, reference="live")  # doctest: +SKIP
@@ -62,6 +74,7 @@ class RewardObjective(Objective):
         pad_to_multiple_of: int | None = None,
         reference: str = "none",
         reference_decay: float = 0.99,
+        center: float = 0.0,
     ) -> None:
         if reference not in REFERENCES:
             raise ValueError(
@@ -69,8 +82,11 @@ class RewardObjective(Objective):
             )
         if not 0.0 <= reference_decay < 1.0:
             raise ValueError(f"reward reference_decay must lie in [0, 1), got {reference_decay}")
+        if not (math.isfinite(center) and center >= 0.0):
+            raise ValueError(f"reward center must be a finite coefficient >= 0, got {center}")
         self.reference = reference
         self.reference_decay = float(reference_decay)
+        self.center = float(center)
         # ``live`` needs the baseline's rewards of the batch; ``mean`` too, for the live model's
         # running mean. The learner's one baseline pass provides them (see learner.step).
         self.needs_reference = reference != "none"
@@ -208,6 +224,7 @@ class RewardObjective(Objective):
         score = torch.where(pair, margin, point)
         safe_target = torch.where(pair, torch.ones_like(target), target)
         loss = F.binary_cross_entropy_with_logits(score, safe_target, reduction="none")
+        loss = self._centred(loss, values, first, second)
         defined = (safe_target != 0.5) & (score != 0)
         hit = ((score > 0) == (safe_target > 0.5)).float()
         correct = torch.where(defined, hit, torch.full_like(hit, float("nan")))
@@ -272,10 +289,21 @@ class RewardObjective(Objective):
         # For pairs the "target" of the margin is 1, so BCE-with-logits(margin, 1) equals the
         # Bradley-Terry loss -log σ(r_chosen - r_rejected); one formula covers both kinds.
         loss = F.binary_cross_entropy_with_logits(score, safe_target, reduction="none")
+        loss = self._centred(loss, rewards, first, second)
         defined = safe_target != 0.5
         hit = ((score > 0) == (safe_target > 0.5)).float()
         correct = torch.where(defined, hit, torch.full_like(hit, float("nan")))
         return ObjectiveOutput(loss=loss, score=score, correct=correct)
+
+    def _centred(
+        self, loss: torch.Tensor, values: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+    ) -> torch.Tensor:
+        """``loss`` plus ``c · (r_chosen + r_rejected)²`` on the pairs (unchanged when c = 0)."""
+        if self.center == 0.0:
+            return loss
+        pair = second >= 0
+        total = values[first] + values[second.clamp(min=0)]
+        return loss + torch.where(pair, self.center * total.square(), torch.zeros_like(loss))
 
 
 REFERENCES = ("none", "live", "mean")

@@ -43,6 +43,7 @@ def build_learner(
         model, tokenizer = build_reward_model(spec)
         options["reference"] = config.learner.reward_reference
         options["reference_decay"] = config.learner.reward_reference_decay
+        options["center"] = config.learner.reward_center
     learner = Learner(
         model,
         OBJECTIVES[config.learner.objective](tokenizer, **options),  # type: ignore[call-arg]

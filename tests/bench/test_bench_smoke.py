@@ -138,6 +138,7 @@ def test_thumbs_prints_pairwise_accuracy_for_every_configuration():
         "--max-gap", "8",
         "--gate-min-events", "8",
         "--threads", "1",
+        "--center", "0.1",
     )  # fmt: skip
     assert 0.0 <= result(out, "pairwise") <= 1.0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:9]}
