@@ -44,6 +44,8 @@ PROMOTION_REASONS = ("gate", "manual")
 ROLLBACK_REASONS = ("degradation", "drift", "manual")
 SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
 """Why the learner's guard skips a step; created at 0 so rate() sees the first skip."""
+EVICTION_REASONS = ("window", "capacity")
+"""Why the pair miner drops an unpaired event; created at 0 like the skip reasons."""
 SCORE_STATUSES = (200, 400, 405, 409, 411, 413, 500, 503)
 """Status codes ``POST /v1/score`` answers with (the ``status`` label; any other is ``other``)."""
 SWITCH_TRIGGERS = ("start", "poll", "update")
@@ -467,6 +469,8 @@ class Metrics(_Serving):
             self.rollbacks.labels(reason=reason)
         for reason in SKIP_REASONS:
             self.skipped_steps.labels(reason=reason)
+        for reason in EVICTION_REASONS:
+            self.mining_evictions.labels(reason=reason)
         for check in GATE_CHECKS:
             self.gate_check.labels(check=check).set(math.nan)
         self.gate_events.set(0)

@@ -138,6 +138,8 @@ def test_the_panels_issue_15_asks_for_are_there():
         "Drift alarms": "feedstep_drift_alarms_total",
         "Score requests by status": "feedstep_score_requests_total",
         "Score latency": "feedstep_score_duration_seconds_bucket",
+        "Mined pairs and evictions per second": "feedstep_mining_evictions_total",
+        "Unpaired events held by the miner": "feedstep_mining_pending_events",
     }
     for title, metric in wanted.items():
         assert metric in text.get(title, ""), title
