@@ -44,7 +44,7 @@ PROMOTION_REASONS = ("gate", "manual")
 ROLLBACK_REASONS = ("degradation", "drift", "manual")
 SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
 """Why the learner's guard skips a step; created at 0 so rate() sees the first skip."""
-EVICTION_REASONS = ("window", "capacity")
+EVICTION_REASONS = ("window", "capacity", "rebalance")
 """Why the pair miner drops an unpaired event; created at 0 like the skip reasons."""
 SCORE_STATUSES = (200, 400, 405, 409, 411, 413, 500, 503)
 """Status codes ``POST /v1/score`` answers with (the ``status`` label; any other is ``other``)."""
@@ -324,7 +324,8 @@ class Metrics(_Serving):
         self.mining_evictions = Counter(
             "feedstep_mining_evictions",
             "Unpaired events the pair miner dropped, by reason (window: too old to pair, "
-            "capacity: pushed out by newer ones).",
+            "capacity: pushed out by newer ones, rebalance: the partition moved to another "
+            "member).",
             ["reason"],
             registry=r,
         )

@@ -49,6 +49,42 @@ _SECRETS = frozenset({"sasl_plain_password", "vllm_api_key"})
 error messages."""
 
 
+def mining_refusal(objective: str, mining: str) -> str | None:
+    """Why pair mining ``mining`` cannot train objective ``objective``; None when it can.
+
+    The configuration and the :class:`~streaming.ingest.ingestor.Ingestor` both ask it. ``reward``
+    takes every mode (Bradley-Terry on the pairs), ``dpo`` takes ``replace`` (DPO on the pairs;
+    a thumb alone teaches it nothing), ``kto`` and ``sft`` none.
+
+    Example:
+        >>> mining_refusal("dpo", "replace") is None, mining_refusal("reward", "add") is None
+        (True, True)
+        >>> print(mining_refusal("kto", "off"))
+        None
+    """
+    if mining == "off" or objective not in _CAUSAL_LM:
+        return None
+    if objective == "dpo":
+        if mining == "replace":
+            return None
+        return (
+            f"mining={mining!r} trains mined pairs besides each thumb's own pointwise example, "
+            f"but objective={objective!r} has no pointwise loss for a thumb, so there is "
+            'nothing to add to; set mining = "replace" (thumbs and ratings then train dpo in '
+            'their mined pairs), or objective = "kto" to learn from unpaired thumbs'
+        )
+    why = {
+        "kto": "learns from unpaired thumbs and refuses preference pairs",
+        "sft": "imitates preferred text: a mined pair's chosen reply is a thumb up it already "
+        "trains on, and its rejected reply is ignored",
+    }[objective]
+    return (
+        f"mining={mining!r} turns thumbs into preference pairs, but objective={objective!r} "
+        f'{why}; set mining = "off", or objective = "dpo" with mining = "replace" to train on '
+        "mined pairs"
+    )
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -112,7 +148,9 @@ class IngestConfig(_Section):
     """Pair thumbs/ratings on the same prompt with opposite signals into preference examples
     (:mod:`streaming.ingest.mining`): ``add`` trains the pair besides both pointwise examples,
     ``replace`` instead of both (a pairable event is scored on arrival but trains only in its
-    pair, or pointwise once it leaves the buffer unpaired)."""
+    pair, or pointwise once it leaves the buffer unpaired). ``reward`` takes both; ``dpo`` takes
+    ``replace`` only (a thumb trains only in its pair; unpaired, it teaches nothing); ``kto`` and
+    ``sft`` none (:func:`mining_refusal`)."""
     mining_window_events: int = Field(default=10_000, ge=1)
     """The two halves of a pair are at most this many accepted events apart (per partition)."""
     mining_window_s: float = Field(default=3600.0, gt=0)
@@ -325,15 +363,15 @@ class FeedstepConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_section(self) -> FeedstepConfig:
-        if self.learner.objective != "reward" and (
-            self.learner.reward_reference != "none" or self.ingest.mining != "off"
-        ):
+        if self.learner.objective != "reward" and self.learner.reward_reference != "none":
             raise ValueError(
-                f"reward_reference={self.learner.reward_reference!r} and "
-                f"mining={self.ingest.mining!r} work with objective 'reward' only, but "
-                f'objective={self.learner.objective!r}; set reward_reference = "none" and '
-                'mining = "off", or objective = "reward"'
+                f"reward_reference={self.learner.reward_reference!r} works with objective "
+                f"'reward' only, but objective={self.learner.objective!r}; set "
+                'reward_reference = "none", or objective = "reward"'
             )
+        problem = mining_refusal(self.learner.objective, self.ingest.mining)
+        if problem is not None:
+            raise ValueError(problem)
         if self.learner.objective != "reward" and self.learner.reward_center != 0.0:
             raise ValueError(
                 f"reward_center={self.learner.reward_center} centres a reward model's pairs, "

@@ -48,11 +48,18 @@ class DPOObjective(CausalLMObjective):
         self.beta = float(beta)
 
     def check(self, example: Example) -> None:
-        """Only preference pairs (and corrections, which arrive as pairs) can train DPO."""
+        """Only preference pairs (and corrections, which arrive as pairs) can train DPO.
+
+        A thumb or rating can train it only inside a pair mined from the stream (the pair
+        miner's ``replace`` mode), which is why the message names what mining needs.
+        """
         if example.rejected is None:
             raise ValueError(
                 "dpo trains on preference pairs (a preference or correction event); got a "
-                f"pointwise example with target {example.target} - use kto for thumbs"
+                f"pointwise example with target {example.target}. A thumb or rating trains dpo "
+                'only in a pair mined from the stream (ingest.mining = "replace"), which needs '
+                "a conversation_id (two replies to one prompt) or a response_id / "
+                "regenerated_from link on the event - use kto for unpaired thumbs"
             )
 
     def collate(self, examples: Sequence[Example]) -> TensorBatch:

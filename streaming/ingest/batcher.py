@@ -93,6 +93,16 @@ class MicroBatcher(Generic[T]):
             return self._take()
         return None
 
+    def extend(self, items: list[T]) -> None:
+        """Add ``items`` to the pending batch without releasing it, even past ``batch_size``.
+
+        For items that must go with the next batch, whatever its size (examples released at a
+        rebalance). The wait timer starts if nothing was pending.
+        """
+        if items and not self._items:
+            self._deadline = self._clock() + self._max_wait_s
+        self._items.extend(items)
+
     def due(self, now: float | None = None) -> list[T] | None:
         """Return the pending partial batch if its first item has waited ``max_wait_ms``.
 

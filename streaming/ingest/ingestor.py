@@ -15,11 +15,16 @@ checkpointed and committed with that event's offset. With ``replace`` a pairable
 example stays in its batch with weight 0 (scored, so the prequential metrics and the gate see
 it as before, but not trained: the pair replaces it), and the examples the miner releases (held
 back, their events evicted unpaired) join the batch being formed, after the example of the event
-whose arrival evicted them. ``Batch.mined`` flags what is no evidence for the monitors and the
-gate: the pairs of ``add`` (scored after their first half trained) and released examples
-(already scored when their events arrived). The miner's buffers are snapshotted at every batch
-close; once a batch is applied its snapshot is what a checkpoint saves
-(:meth:`Ingestor.mining_snapshot`), exactly as the applied events left them, as the
+whose arrival evicted them. An objective with no pointwise loss (``dpo``) refuses a thumb in its
+``check``; with ``replace`` a thumb or rating the miner can buffer is accepted all the same
+(counted, its offset applied, in the ledger) and adds no item at all: it cannot be scored, and
+only the pair it completes joins a batch; one evicted unpaired trains nothing. So a segment may
+hold events and no item: when nothing waits in the batcher it is closed without a step
+(:meth:`Ingestor.idle_segment`), as a segment of rejects is. ``Batch.mined`` flags what is no
+evidence for the monitors and the gate: the pairs of ``add`` (scored after their first half
+trained) and released examples (already scored when their events arrived). The miner's buffers
+are snapshotted at every batch close; once a batch is applied its snapshot is what a checkpoint
+saves (:meth:`Ingestor.mining_snapshot`), exactly as the applied events left them, as the
 de-duplication window leaves out events not yet applied: a held example is in the checkpoint
 until the batch that trains it (released or as a pair) is applied, so it trains exactly once.
 The segment of a batch lists the pairs it trains by their halves' event ids, so the ledger
@@ -31,13 +36,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from learner.base import Example, Objective, TensorBatch
 from monitors.metrics import Metrics
 from streaming.base import Record, Sink, TopicPartition
+from streaming.config import mining_refusal
 from streaming.events import DecodeLimits, Rejection, RejectReason, decode_event, to_example
 from streaming.ingest.batcher import MicroBatcher
 from streaming.ingest.deadletter import send_to_dead_letter
@@ -90,6 +96,10 @@ class Ingestor:
             source must read it again from there.
         mining: How thumbs and ratings are paired (None or mode ``off``: not at all).
 
+    Raises:
+        ValueError: ``mining`` does not fit the objective (``kto``, ``sft``; ``dpo`` takes
+            ``replace`` only: :func:`~streaming.config.mining_refusal` says why).
+
     Example:
         >>> from monitors.metrics import Metrics
         >>> from streaming.runtime.telemetry import RunSummary
@@ -127,6 +137,8 @@ class Ingestor:
         self.features = features
         self.on_dead_letter = on_dead_letter
         self.on_give_up = on_give_up
+        if mining is not None and (problem := mining_refusal(objective.name, mining.mode)):
+            raise ValueError(problem)
         for reason in RejectReason:  # at 0 from the start, so rate() sees the first one
             metrics.dead_letter.labels(reason=reason.value)
         self.batcher: MicroBatcher[Item] = MicroBatcher(batch_size, max_wait_ms)
@@ -153,6 +165,8 @@ class Ingestor:
         objective = self.objective
         # Objective.check is a no-op unless an objective overrides it: then it is not called.
         check = None if type(objective).check is Objective.check else objective.check
+        # replace: a thumb the objective refuses pointwise (dpo) may still train in a pair
+        pairing = self.miner if self._replace else None
         truncated = self.metrics.truncated
         closed: list[Batch] = []
         accepted = duplicates = 0
@@ -172,10 +186,16 @@ class Ingestor:
                     self.segment.duplicates += 1
                     duplicates += 1
                     continue
+                pointwise = True  # the objective can score (and train) the event's example
                 try:
                     example = to_example(event)
                     if check is not None:
-                        check(example)
+                        try:
+                            check(example)
+                        except ValueError:  # ... but maybe in a mined pair (dpo and thumbs)
+                            if pairing is None or not pairing.can_pair(event):
+                                raise
+                            pointwise = False  # buffered; it adds nothing to the batch
                 except ValueError as exc:  # a valid event the objective cannot use
                     dedup.forget((event_id,))
                     self._reject(record, _unusable(str(exc)))
@@ -192,10 +212,11 @@ class Ingestor:
                     else None
                 )
                 ts = event.ts_epoch_s
-                items: list[Item] = [(example, ts, features, False)]
+                items: list[Item] = [(example, ts, features, False)] if pointwise else []
                 if self.miner is not None:
-                    fed = self.miner.feed((record.topic, record.partition), event, example)
-                    if fed.held:  # scored now, trained as a pair or once released
+                    where = (record.topic, record.partition)
+                    fed = self.miner.feed(where, event, example, pointwise)
+                    if fed.held and pointwise:  # scored now, trained as a pair or once released
                         items = [(dataclasses.replace(example, weight=0.0), ts, features, False)]
                     items += [(held, ts, None, True) for held in fed.released]
                     if fed.pair is not None:
@@ -254,9 +275,17 @@ class Ingestor:
         return None
 
     def idle_segment(self) -> Segment | None:
-        """The open segment when it holds only rejects and duplicates (nothing to train)."""
+        """The open segment when no item waits in the batcher: nothing of it is left to train.
+
+        It holds rejects, duplicates and events that added no item (thumbs a ``dpo`` miner
+        buffers). Those events are closed like a batch of zero items: the miner's buffers are
+        snapshotted, so that once the segment is applied (without a step) the checkpoint holds
+        them as these events left them, and their offsets are not stranded in an open segment.
+        """
         if self.batcher.pending or self.segment.empty:
             return None
+        if self.segment.event_ids:
+            return self._close([]).segment
         segment, self.segment = self.segment, Segment()
         return segment
 
@@ -299,6 +328,28 @@ class Ingestor:
     def restore(self, chunks: list[Any], window: int) -> None:
         """The de-duplication window saved by :meth:`snapshot`."""
         self.dedup = Deduplicator.restore(chunks, window)
+
+    def keep_mining(self, owned: Collection[TopicPartition]) -> None:
+        """A rebalance left this member ``owned``: the miner forgets every other partition.
+
+        Their unpaired events can no longer pair here (eviction reason ``rebalance``). The held
+        examples among them (``replace``; their offsets are committed, so the new owner will
+        not read them) join the batch being formed, which may grow past ``batch_size``: they
+        train with the next batch, pointwise, and leave the checkpointed buffer when it is
+        applied, exactly like a window eviction. Partitions kept keep their buffers, so an
+        eager rebalance that gives a member its partitions back loses no pending pair.
+        """
+        if self.miner is None:
+            return
+        released = self.miner.keep(owned)
+        if released:
+            self.batcher.extend([(example, ts, None, True) for example, ts in released])
+            log.info(
+                "%d held thumbs/ratings of partitions moved to another member train pointwise "
+                "now (their partners will be read there)",
+                len(released),
+            )
+        self._count_mining()
 
     def mining_snapshot(self) -> dict[str, Any] | None:
         """The miner's buffers as the applied events left them, for a checkpoint (JSON)."""

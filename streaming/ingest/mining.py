@@ -35,6 +35,11 @@ half is scored before anything of the first half's label reached the model. The 
 are part of the buffer, and so of every snapshot: a restart from a checkpoint releases (or
 pairs) each of them exactly once.
 
+An objective with no pointwise loss (``dpo``, which trains on pairs only) feeds its thumbs
+with ``pointwise=False``: they are buffered without an example (nothing is held back, so
+nothing is released), and one that leaves the buffer unpaired teaches nothing; it is counted
+as an eviction like any other.
+
 Example:
     >>> from streaming.events import decode_event
     >>> def event(i, value, reply):
@@ -53,7 +58,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,7 +273,7 @@ class PairMiner:
 
     Attributes:
         mined: Pairs returned so far.
-        evicted: Unpaired events dropped, by reason (``window``, ``capacity``).
+        evicted: Unpaired events dropped, by reason (``window``, ``capacity``, ``rebalance``).
     """
 
     def __init__(self, settings: MiningSettings) -> None:
@@ -277,7 +282,7 @@ class PairMiner:
         self._buffers: dict[TopicPartition, _Buffer] = {}
         self._released: list[Example] = []  # held examples evicted, not handed out yet
         self.mined = 0
-        self.evicted = {"window": 0, "capacity": 0}
+        self.evicted = {"window": 0, "capacity": 0, "rebalance": 0}
 
     @property
     def pending(self) -> int:
@@ -285,7 +290,11 @@ class PairMiner:
         return sum(len(buf.entries) for buf in self._buffers.values())
 
     def feed(
-        self, where: TopicPartition, event: FeedbackEvent, example: Example | None = None
+        self,
+        where: TopicPartition,
+        event: FeedbackEvent,
+        example: Example | None = None,
+        pointwise: bool = True,
     ) -> Fed:
         """Take one accepted event of partition ``where``: what the batch being formed gets.
 
@@ -294,7 +303,9 @@ class PairMiner:
         completing event's prompt, the better-rated reply chosen, weighted by the smaller of
         the two weights; without one, the event is remembered if it can pair later. With
         ``replace``, ``example`` (the event's pointwise example; ``to_example(event)`` if not
-        given) is held back with a remembered event (:class:`Fed`).
+        given) is held back with a remembered event (:class:`Fed`); with ``pointwise=False``
+        (the objective cannot train it, e.g. ``dpo``) none is: the event trains in its pair or
+        not at all.
         """
         buf = self._buffers.get(where)
         if buf is None:
@@ -309,7 +320,7 @@ class PairMiner:
         partner = self._partner(buf, keys, rating, ts, event.response)
         if partner is None:
             held = None
-            if self._hold:
+            if self._hold and pointwise:
                 held = example if example is not None else to_example(event)
             buf.add(
                 _Pending(
@@ -333,6 +344,24 @@ class PairMiner:
             event.prompt, better, rejected=worse, weight=min(event.weight, partner.weight)
         )
         return self._fed(pair, held=self._hold, pair_ids=ids)
+
+    def can_pair(self, event: FeedbackEvent) -> bool:
+        """Whether :meth:`feed` remembers (or pairs) ``event``: a thumb or rating with a key.
+
+        A key is a ``conversation_id`` (with the prompt) or a ``response_id`` /
+        ``regenerated_from`` link; other events pass through the miner untouched.
+
+        Example:
+            >>> from datetime import datetime, timezone
+            >>> from streaming.events import Feedback
+            >>> thumb = FeedbackEvent("e1", datetime(2026, 1, 1, tzinfo=timezone.utc), "hi",
+            ...                       "hello", Feedback("thumb", value=1), conversation_id="c1")
+            >>> miner = PairMiner(MiningSettings(mode="replace"))
+            >>> miner.can_pair(thumb), miner.can_pair(FeedbackEvent(
+            ...     "e2", thumb.ts, "hi", "hello", thumb.feedback))  # no key: cannot pair
+            (True, False)
+        """
+        return _rating(event) is not None and bool(_keys(event))
 
     def _fed(
         self, pair: Example | None, held: bool, pair_ids: tuple[str, str] | None = None
@@ -372,6 +401,23 @@ class PairMiner:
             buf.seq - e.seq > s.window_events or ts - e.ts > s.window_s
         ):
             self._evict(buf, e, "window")
+
+    def keep(self, owned: Collection[TopicPartition]) -> list[tuple[Example, float]]:
+        """Forget the buffers of every partition not in ``owned`` (a rebalance moved them).
+
+        Their unpaired events cannot pair here any more: a partner is read by the partition's
+        new owner. Each counts as an eviction with reason ``rebalance``. Returns the held
+        examples among them (``replace``) with their events' ``ts``, oldest first per
+        partition: the caller trains them now, as with any eviction.
+        """
+        released: list[tuple[Example, float]] = []
+        for tp in [tp for tp in self._buffers if tp not in owned]:
+            buf = self._buffers.pop(tp)
+            for e in sorted(buf.entries.values(), key=lambda e: e.seq):
+                self.evicted["rebalance"] += 1
+                if e.held is not None:
+                    released.append((e.held, e.ts))
+        return released
 
     # -- state ----------------------------------------------------------------------------------
     def snapshot(self) -> MinerState:

@@ -4,7 +4,8 @@ feedstep's model state must be a function of exactly the events it trained on. T
 groups consumed records into **segments**: everything read since the previous segment closed, up
 to a watermark. A segment closes when a micro-batch is dispatched (its records are the batch's
 events plus the rejects and duplicates read in between) or when the loop is idle with nothing in
-flight (rejects and duplicates only). A segment is **applied** once its step is done (or at once,
+flight and no item waiting (rejects, duplicates and events that added no item, such as thumbs
+a ``dpo`` pair miner holds). A segment is **applied** once its step is done (or at once,
 when it has no step); only then do its offsets move the checkpointed and committed positions.
 
 :class:`Ledger` is the compact, cumulative record of applied segments that every checkpoint

@@ -19,13 +19,13 @@ step slows consumption instead of growing memory.
 
 Effectively-once. The records read since the previous batch closed form a **segment**
 (:mod:`streaming.ingest.offsets`); a segment is *applied* once its batch's step is done (a
-segment of rejects and duplicates only is applied when nothing is in flight). Applied segments
-move the per-partition ``applied`` offsets and extend the
-:class:`~streaming.ingest.offsets.Ledger`. A checkpoint holds the weights together with exactly
-those offsets, the ledger, the ids of the applied events for de-duplication, the pair miner's
-buffers and the monitors' state; Kafka offsets are committed only after the checkpoint that
-covers them is on disk. A restart seeks every partition to the checkpoint's offsets, so the
-model state is a function of exactly the events it trained on.
+segment with nothing to train - rejects, duplicates, thumbs a ``dpo`` miner holds - is applied
+when nothing is in flight). Applied segments move the per-partition ``applied`` offsets and
+extend the :class:`~streaming.ingest.offsets.Ledger`. A checkpoint holds the weights together
+with exactly those offsets, the ledger, the ids of the applied events for de-duplication, the
+pair miner's buffers and the monitors' state; Kafka offsets are committed only after the
+checkpoint that covers them is on disk. A restart seeks every partition to the checkpoint's
+offsets, so the model state is a function of exactly the events it trained on.
 
 Rebalances and shutdown settle the same way: close the open batch, finish every step in
 flight, checkpoint, commit — then release the partitions or exit. A batch smaller than the
@@ -219,10 +219,15 @@ class Pipeline:
             round_wait_s=s.max_wait_ms / 1000,
         )
         if s.mining.mode == "replace" and checkpoints is None and not source.finite:
+            other = (
+                "or objective = 'kto' for unpaired thumbs"
+                if learner.objective.name == "dpo"
+                else "or use mining = 'add'"
+            )
             raise ValueError(
                 "ingest.mining = 'replace' holds thumbs back until their pair arrives; without "
                 "checkpoints their offsets would be committed while they wait and a restart "
-                "would lose them: set checkpoints.every_steps > 0, or use mining = 'add'"
+                f"would lose them: set checkpoints.every_steps > 0, {other}"
             )
         self._lockstep = getattr(learner, "lockstep", None)
         if self._lockstep is not None and (checkpoints is None or s.mining.mode != "off"):
@@ -400,12 +405,16 @@ class Pipeline:
         self.source.seek({tp: applied.get(tp, start) for tp, start in starts.items()})
 
     def _apply_idle(self) -> None:
-        """Apply a segment of rejects and duplicates once nothing is pending or in flight."""
+        """Apply a segment with nothing to train once nothing is pending or in flight.
+
+        Rejects and duplicates, and events that added no item (thumbs a ``dpo`` miner holds):
+        they need no step, so none is skipped.
+        """
         if self.stages.in_flight or self.stages.ready:
             return
         segment = self.ingestor.idle_segment()
         if segment is not None:
-            self.tracker.apply(segment, stepped=False)
+            self.tracker.apply(segment)
 
     def _should_stop(self, idle_s: float) -> bool:
         s = self.settings

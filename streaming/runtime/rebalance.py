@@ -3,8 +3,10 @@
 On revoke: close the open batch, finish every step in flight, checkpoint, commit, then forget
 the revoked partitions. On assign: partitions taken over from another member get their recent
 event ids read back into the de-duplication window, so a redelivery across the handover is
-still caught. The source runs both hooks inside ``poll`` (kafka-python's listener runs them in
-a worker thread while the client keeps heartbeating).
+still caught, and the pair miner forgets the partitions this member no longer owns (the thumbs
+it held back for them train pointwise with the next batch). The source runs both hooks inside
+``poll`` (kafka-python's listener runs them in a worker thread while the client keeps
+heartbeating).
 """
 
 from __future__ import annotations
@@ -74,8 +76,14 @@ class RebalanceHandler:
         self.tracker.release(revoked)
 
     def on_assign(self, assigned: list[TopicPartition]) -> None:
-        """Prime the de-duplication window of partitions taken over from another member."""
+        """Prime the de-duplication window of partitions taken over from another member.
+
+        ``assigned`` is the member's whole new assignment (kafka-python's eager protocol
+        revokes every partition, then assigns): the pair miner keeps the buffers of these
+        and releases what it held of the others (:meth:`Ingestor.keep_mining`).
+        """
         self.metrics.rebalances.labels(event="assigned").inc()
+        self.ingestor.keep_mining(set(assigned))
         want = self.prime_records
         for tp in assigned:
             if want <= 0 or tp in self.tracker.offsets or tp in self._owned_before:

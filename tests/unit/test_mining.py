@@ -131,7 +131,7 @@ def test_memory_is_bounded_and_evictions_are_counted():
     for n in range(20):
         m.feed(P0, _event(n, 1, f"reply {n}", conv=f"c{n}"))
         assert m.pending <= 5
-    assert m.evicted == {"window": 0, "capacity": 15}
+    assert m.evicted == {"window": 0, "capacity": 15, "rebalance": 0}
     assert m.feed(P0, _event(30, -1, "no", conv="c0")).pair is None  # evicted: no partner any more
     assert m.feed(P0, _event(31, -1, "no", conv="c19")).pair is not None
 
@@ -253,7 +253,7 @@ def test_replace_releases_a_held_example_when_its_event_leaves_unpaired():
     m.feed(P0, _event(2, 1, "x", conv="r2"))
     fed = m.feed(P0, _event(3, 1, "y", conv="r3"))
     assert fed.released == (Example("hi", "good", target=0.75),) and m.pending == 2
-    assert m.evicted == {"window": 0, "capacity": 1}
+    assert m.evicted == {"window": 0, "capacity": 1, "rebalance": 0}
     # Paired, a held example is not released: the pair replaces it.
     fed = m.feed(P0, _event(4, -1, "z", conv="r3"))
     assert fed.pair == Example("hi", "y", rejected="z") and fed.released == ()
