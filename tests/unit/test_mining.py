@@ -358,13 +358,14 @@ def _conversation(value: bytes) -> bytes:
     return json.loads(value)["conversation_id"].encode()
 
 
-class _Recording:
+class Recording:
     """Wraps a learner: records the examples of every step, in step order (via collate)."""
 
     def __init__(self, learner, crash_at: int | None = None):
         self._learner, self._crash_at = learner, crash_at
         self.trained: list[list[Example]] = []  # not .steps: that is the learner's
         self.applied: list[int] = []  # per step call: the learner's step count, 0 if skipped
+        self.results: list = []  # per step call: its StepResult
         self._collated: list[list[Example]] = []
         objective = learner.objective
         collate = objective.collate
@@ -383,6 +384,7 @@ class _Recording:
             raise RuntimeError("simulated crash")
         result = self._learner.step(batch)
         self.trained.append(self._collated.pop(0))
+        self.results.append(result)
         self.applied.append(result.step if result.applied else 0)
         return result
 
@@ -444,7 +446,7 @@ def test_a_crash_and_restart_trains_every_mined_pair_exactly_once(
     def learner():
         return Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3))
 
-    straight = _Recording(learner())
+    straight = Recording(learner())
     pipe = _pipeline(straight, values, None, mining=mining)
     pipe.run()
     expected, trained = _pairs(straight.trained), _trained(straight.trained)
@@ -461,7 +463,7 @@ def test_a_crash_and_restart_trains_every_mined_pair_exactly_once(
         assert 2 * sum(expected.values()) + released + miner.pending == 48
 
     ckpt = CheckpointManager(tmp_path / "ckpt", keep=2)
-    crashed = _Recording(learner(), crash_at=crash_at)
+    crashed = Recording(learner(), crash_at=crash_at)
     with pytest.raises(PipelineError):
         _pipeline(crashed, values, ckpt, mining=mining).run()
     latest = ckpt.latest_extra()
@@ -470,7 +472,7 @@ def test_a_crash_and_restart_trains_every_mined_pair_exactly_once(
     assert extra["mining"]["format"] == 2 and 0 < step < straight.applied[-1]
     if mining.mode == "replace":
         assert MinerState.from_json(extra["mining"]).held > 0  # held examples cross the crash
-    resumed = _Recording(learner())
+    resumed = Recording(learner())
     pipe = _pipeline(resumed, values, ckpt, mining=mining)
     assert pipe.restore() == step
     pipe.run()
@@ -503,7 +505,7 @@ def test_with_replace_pairs_are_evidence_and_held_thumbs_train_only_in_them(tiny
     from learner.step import Learner, StepConfig
 
     values = _pairs_stream(10, gap=5)
-    learner = _Recording(Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3)))
+    learner = Recording(Learner(tiny_parts[0](0), objective, StepConfig(lr=1e-3)))
     pipe = _pipeline(learner, values, None, mining=MiningSettings(mode="replace"))
     summary = pipe.run()
     assert pipe.ingestor.miner.mined == 10 and pipe.ingestor.miner.pending == 0

@@ -21,7 +21,7 @@ from streaming.ingest.mining import MinerState, MiningSettings
 from streaming.ingest.offsets import check_ledgers
 from streaming.runtime.pipeline import Pipeline, PipelineSettings
 from streaming.testing import MemorySink, MemorySource
-from tests.unit.test_mining import _conversation, _pairs, _pairs_stream
+from tests.unit.test_mining import Recording, _conversation, _pairs, _pairs_stream
 
 REPLACE = MiningSettings(mode="replace")
 
@@ -48,47 +48,13 @@ class _Live(MemorySource):
         return False
 
 
-class _Recorder:
-    """Wraps a learner: the examples and the result of every step, in step order."""
-
-    def __init__(self, learner: Learner, crash_at: int | None = None) -> None:
-        self._learner, self._crash_at = learner, crash_at
-        self.trained: list[list[Example]] = []
-        self.results: list = []
-        self.applied: list[int] = []  # per step: the learner's step count, 0 if skipped
-        self._collated: list[list[Example]] = []
-        collate = learner.objective.collate
-
-        def remember(examples):
-            self._collated.append(list(examples))
-            return collate(examples)
-
-        learner.objective.collate = remember  # type: ignore[method-assign]
-
-    def __getattr__(self, name):
-        return getattr(self._learner, name)
-
-    def step(self, batch):
-        if self._crash_at is not None and len(self.trained) + 1 == self._crash_at:
-            raise RuntimeError("simulated crash")
-        result = self._learner.step(batch)
-        self.trained.append(self._collated.pop(0))
-        self.results.append(result)
-        self.applied.append(result.step if result.applied else 0)
-        return result
-
-    def covered(self, step: int) -> list[list[Example]]:
-        """The applied steps a checkpoint at learner step ``step`` holds."""
-        return [ex for ex, n in zip(self.trained, self.applied, strict=True) if 0 < n <= step]
-
-
 @pytest.fixture()
 def dpo_learner(tiny_causal_parts):
     make, tokenizer = tiny_causal_parts
 
-    def build(crash_at: int | None = None) -> _Recorder:
+    def build(crash_at: int | None = None) -> Recording:
         objective = DPOObjective(tokenizer, max_length=32)
-        return _Recorder(Learner(make(0), objective, StepConfig(lr=1e-2)), crash_at)
+        return Recording(Learner(make(0), objective, StepConfig(lr=1e-2)), crash_at)
 
     return build
 

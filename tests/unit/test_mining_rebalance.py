@@ -13,20 +13,13 @@ from streaming.ingest.ingestor import Ingestor
 from streaming.ingest.mining import MinerState, MiningSettings
 from streaming.runtime.telemetry import RunSummary
 from streaming.testing import MemorySink, MemorySource, NullObjective
+from tests.unit.test_mining import _payload
 
 P0, P1 = ("feedback", 0), ("feedback", 1)
 
 
 def _record(partition: int, offset: int, n: int, value: int, response: str, conv: str) -> Record:
-    payload = {
-        "event_id": f"e{n}",
-        "ts": f"2026-01-01T00:00:{n:02d}Z",
-        "prompt": "hi",
-        "response": response,
-        "conversation_id": conv,
-        "feedback": {"type": "thumb", "value": value},
-    }
-    return Record("feedback", partition, offset, conv.encode(), json.dumps(payload).encode())
+    return Record("feedback", partition, offset, conv.encode(), _payload(n, value, response, conv))
 
 
 def _ingestor(metrics: Metrics) -> Ingestor:
