@@ -213,7 +213,8 @@ class RewardObjective(Objective):
         first, second, target = t["first"], t["second"], t["target"]
         pair = second >= 0
         r_first = values[first]
-        margin = r_first - values[second.clamp(min=0)]
+        r_second = values[second.clamp(min=0)]
+        margin = r_first - r_second
         same = values is reference or torch.equal(values, reference)
         if self.reference == "live":
             point = r_first - reference[first]
@@ -224,7 +225,7 @@ class RewardObjective(Objective):
         score = torch.where(pair, margin, point)
         safe_target = torch.where(pair, torch.ones_like(target), target)
         loss = F.binary_cross_entropy_with_logits(score, safe_target, reduction="none")
-        loss = self._centred(loss, values, first, second)
+        loss = self._centred(loss, r_first, r_second, pair)
         defined = (safe_target != 0.5) & (score != 0)
         hit = ((score > 0) == (safe_target > 0.5)).float()
         correct = torch.where(defined, hit, torch.full_like(hit, float("nan")))
@@ -289,21 +290,19 @@ class RewardObjective(Objective):
         # For pairs the "target" of the margin is 1, so BCE-with-logits(margin, 1) equals the
         # Bradley-Terry loss -log σ(r_chosen - r_rejected); one formula covers both kinds.
         loss = F.binary_cross_entropy_with_logits(score, safe_target, reduction="none")
-        loss = self._centred(loss, rewards, first, second)
+        loss = self._centred(loss, r_first, r_second, pair)
         defined = safe_target != 0.5
         hit = ((score > 0) == (safe_target > 0.5)).float()
         correct = torch.where(defined, hit, torch.full_like(hit, float("nan")))
         return ObjectiveOutput(loss=loss, score=score, correct=correct)
 
     def _centred(
-        self, loss: torch.Tensor, values: torch.Tensor, first: torch.Tensor, second: torch.Tensor
+        self, loss: torch.Tensor, r_first: torch.Tensor, r_second: torch.Tensor, pair: torch.Tensor
     ) -> torch.Tensor:
         """``loss`` plus ``c · (r_chosen + r_rejected)²`` on the pairs (unchanged when c = 0)."""
         if self.center == 0.0:
             return loss
-        pair = second >= 0
-        total = values[first] + values[second.clamp(min=0)]
-        return loss + torch.where(pair, self.center * total.square(), torch.zeros_like(loss))
+        return loss + torch.where(pair, self.center * (r_first + r_second).square(), 0.0)
 
 
 REFERENCES = ("none", "live", "mean")
