@@ -20,6 +20,9 @@ configuration:
 * ``pointwise``: the candidate's prequential accuracy on the thumbs themselves.
 * after the table, ``pairwise`` per quarter of the pass (the pairs in the order their second
   half arrived): the trend, whether more data would help.
+* after that, ``pairwise`` with every score standardized by the mean and spread of the 512
+  pointwise scores before it: a map that changes no comparison made at one moment, so the
+  difference from ``pairwise`` is what a drifting scale of the rewards costs it.
 * ``mined`` and ``mined_acc``: pairs the miner formed, and how often their margin had the right
   sign when their batch was scored (with ``add`` after the first half trained, so not a
   held-out figure; with ``replace`` neither half had trained).
@@ -76,6 +79,7 @@ DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.g
 MARK = "\n\nAssistant:"
 CONFIGS = ("plain", "live", "mean", "mining", "both", "replace", "replace_ref", "shuffled")
 REFERENCE = {"plain": "none", "live": "live", "mean": "mean", "mining": "none", "replace": "none"}
+ZWINDOW = 512
 MINING = {"mining": "add", "both": "add", "replace": "replace", "replace_ref": "replace"}
 
 
@@ -258,6 +262,24 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
         for i, d in by_pair.items()
     }
     wins = sum(outcome.values())
+    # Scale drift: the same comparison with each score standardized by the mean and spread of
+    # the ZWINDOW pointwise scores before it, a per-moment monotone map that changes no
+    # comparison made at one moment, only those across moments.
+    values = [s for _, s, _ in points]
+    by_pair_z: dict[int, dict[bool, float]] = {}
+    for k, half in enumerate(stream):
+        recent = values[max(0, k - ZWINDOW) : k]
+        if len(recent) < 2:
+            z = 0.0
+        else:
+            mean = sum(recent) / len(recent)
+            spread = (sum((v - mean) ** 2 for v in recent) / len(recent)) ** 0.5
+            z = (values[k] - mean) / spread if spread > 0 else 0.0
+        by_pair_z.setdefault(half.pair, {})[half.chosen] = z
+    wins_z = sum(
+        1.0 if d[True] > d[False] else 0.5 if d[True] == d[False] else 0.0
+        for d in by_pair_z.values()
+    )
     # The trend over the pass: pairs in the order their second half arrived, in quarters.
     done = list(dict.fromkeys(h.pair for h in reversed(stream)))[::-1]
     quarters = [done[len(done) * q // 4 : len(done) * (q + 1) // 4] for q in range(4)]
@@ -270,6 +292,7 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
         "reference": reference,
         "mining": mining,
         "pairwise": wins / len(by_pair),
+        "pairwise_z": wins_z / len(by_pair_z),
         "quarters": [sum(outcome[i] for i in q) / len(q) if q else float("nan") for q in quarters],
         "pair_now": sum(now) / len(now) if now else float("nan"),
         "pointwise": sum(defined) / len(defined) if defined else float("nan"),
@@ -355,6 +378,10 @@ def main() -> int:
     for row in rows:
         trend = " ".join(f"{v:.3f}" for v in row["quarters"])
         print(f"{row['config']}: pairwise by quarter of the pass (second halves' order): {trend}")
+        print(
+            f"{row['config']}: pairwise with scores standardized by the {ZWINDOW} before each "
+            f"(scale drift): {row['pairwise_z']:.3f}"
+        )
     real = [r for r in rows if r["config"] != "shuffled"] or rows
     print(
         f"pairs={len(pairs)} events={rows[0]['events']} model={args.model} "

@@ -149,6 +149,8 @@ def test_thumbs_prints_pairwise_accuracy_for_every_configuration():
     assert int(rows["replace"][6]) > 0 and rows["shuffled"][2] == "replace"  # the control's
     assert rows["shuffled"][8] == "0"  # the control: no promotion
     assert "pairs=16 events=32" in out
+    drift = [line for line in out.splitlines() if "standardized by the 512" in line]
+    assert len(drift) == 8 and all(0.0 <= float(line.split()[-1]) <= 1.0 for line in drift)
 
 
 def test_hh_rlhf_with_dpo_and_lora_stops_at_its_time_budget():
