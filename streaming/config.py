@@ -113,6 +113,8 @@ class KafkaConfig(_Section):
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     reconnect_backoff_max_ms: int = Field(default=10_000, ge=100)
     """Cap of the client's exponential reconnect backoff while the broker is unreachable."""
+    bootstrap_timeout_ms: int = Field(default=30_000, ge=100)
+    """How long a client waits at start for any bootstrap server to answer before giving up."""
 
     @property
     def dlq_topic(self) -> str:

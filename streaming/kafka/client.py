@@ -21,6 +21,7 @@ def client_options(config: KafkaConfig) -> dict[str, Any]:
         "security_protocol": config.security_protocol,
         "reconnect_backoff_ms": 100,
         "reconnect_backoff_max_ms": config.reconnect_backoff_max_ms,
+        "bootstrap_timeout_ms": config.bootstrap_timeout_ms,
     }
     if config.sasl_mechanism:
         opts["sasl_mechanism"] = config.sasl_mechanism

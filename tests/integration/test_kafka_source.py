@@ -215,13 +215,20 @@ def test_rebalance_hooks_commit_and_members_split_exactly(kafka_bootstrap, topic
     }
 
 
-def test_no_broker_is_broker_unavailable():
+def test_no_broker_is_broker_unavailable_after_the_bootstrap_timeout():
     config = load_config(
-        overrides={"bootstrap_servers": f"127.0.0.1:{_free_port()}", "topic": "nothing"},
+        overrides={
+            "bootstrap_servers": f"127.0.0.1:{_free_port()}",
+            "topic": "nothing",
+            "bootstrap_timeout_ms": 1500,
+        },
         environ={},
     )
+    started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="no Kafka broker answers"):
         KafkaSource(config.kafka)
+    # The setting reaches the client: kafka-python's own default would wait 30 s.
+    assert time.monotonic() - started < 20
 
 
 def _free_port() -> int:
