@@ -125,10 +125,14 @@ class UpdatesListener:
             enable_auto_commit=False,
             allow_auto_create_topics=False,  # the trainer's producer creates it, not followers
             auto_offset_reset="latest",
-            # Give up on an unreachable broker soon (and retry with backoff) rather than block
-            # in the constructor, so stop() is never held up for long.
-            bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
-            **client_options(self._config),
+            **{
+                **client_options(self._config),
+                # Give up on an unreachable broker soon (and retry with backoff) rather than
+                # block in the constructor, so stop() is never held up for long.
+                "bootstrap_timeout_ms": min(
+                    self._config.bootstrap_timeout_ms, _BOOTSTRAP_TIMEOUT_MS
+                ),
+            },
         )
 
     def _assign(self, consumer: KafkaConsumer) -> list[TopicPartition]:
