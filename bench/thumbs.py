@@ -36,8 +36,9 @@ configuration on a stream whose thumbs are assigned at random within each pair, 
 real Governor and gate (publish=False, ``--gate-min-events``): its pairwise accuracy against the
 true labels should be about 0.5 and the gate should promote nothing. ``--gate`` attaches the
 same governor to the other configurations.
-``--center C`` sets ``learner.reward_center`` (reward centering of the pairs) for every
-configuration.
+``--center C`` sets ``learner.reward_center`` (reward centering of the pairs) and
+``--ema-decay D`` ``learner.ema_decay`` (weight averaging: the average scores each arrival) for
+every configuration.
 
     python3 bench/thumbs.py --limit 600 --max-length 128            # every configuration
     python3 bench/thumbs.py --limit 600 --max-length 128 --config replace
@@ -176,7 +177,12 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
     learner = Learner(
         model,
         objective,
-        StepConfig(lr=args.lr, l2sp_weight=args.l2sp_weight, weight_decay=0.0),
+        StepConfig(
+            lr=args.lr,
+            l2sp_weight=args.l2sp_weight,
+            weight_decay=0.0,
+            ema_decay=args.ema_decay,
+        ),
         device=select_device(args.device),
     )
     # What each batch holds, in order: the tokenize stage collates batches in the order the
@@ -335,6 +341,9 @@ def main() -> int:
     ap.add_argument("--l2sp-weight", type=float, default=0.0)
     ap.add_argument(
         "--center", type=float, default=0.0, help="learner.reward_center of the pairs (0: off)"
+    )
+    ap.add_argument(
+        "--ema-decay", type=float, default=0.0, help="learner.ema_decay, weight averaging (0: off)"
     )
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--max-gap", type=int, default=1000, help="events between a pair's halves")

@@ -6,8 +6,9 @@ A checkpoint is a directory ``ckpt-<step:012d>`` holding
 ``weights.safetensors``     the candidate's trainable weights, by parameter name
 ``optimizer.safetensors``   AdamW's state tensors (moments, step counts), ``<index>.<key>``
 ``optimizer.json``          AdamW's param groups and the parameter name of each index
-``regularizers.safetensors`` the EWC Fisher estimate and, for LoRA, the anchors (``fisher/``,
-                            ``anchor/`` + parameter name)
+``regularizers.safetensors`` the EWC Fisher estimate, for LoRA the anchors, and with weight
+                            averaging the average (``fisher/``, ``anchor/``, ``average/`` +
+                            parameter name)
 ``rng.safetensors``         torch's CPU and CUDA generator states
 ``state.json``              step and skip counts, schedule/boost state, Python and NumPy RNG,
                             the objective's own state (``objective_state``: e.g. the reward
@@ -248,6 +249,13 @@ def _serialize(learner: Learner) -> dict[str, bytes]:
         regular.update(
             {f"anchor/{n}": a for n, a in zip(learner.param_names, learner.anchors, strict=True)}
         )
+    if learner.average_params:
+        regular.update(
+            {
+                f"average/{n}": a
+                for n, a in zip(learner.param_names, learner.average_params, strict=True)
+            }
+        )
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -371,6 +379,11 @@ def _restore(learner: Learner, parsed: dict[str, Any], path: Path) -> None:
         if learner.owns_anchors:
             for name, anchor in zip(learner.param_names, learner.anchors, strict=True):
                 anchor.copy_(regular[f"anchor/{name}"])
+        if learner.average_params:  # turned on since the checkpoint: start at the weights
+            for name, average, param in zip(
+                learner.param_names, learner.average_params, learner.params, strict=True
+            ):
+                average.copy_(regular.get(f"average/{name}", param))
     learner.steps = int(state["step"])
     learner._distance = None  # weights changed under the same step count
     learner.skipped = int(state["skipped"])

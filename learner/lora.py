@@ -29,6 +29,7 @@ from torch import nn
 
 LIVE = "live"
 CANDIDATE = "candidate"
+AVERAGE = "average"  # the weight average of the candidate adapter (``ema_decay``)
 DIGEST = "feedstep-tensors-sha256/1"  # names the recipe of tensor_digest, recorded beside it
 
 # Default targets by architecture: the attention projections, whichever names the model uses.
@@ -95,10 +96,15 @@ def attach_adapters(
         r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, modules_to_save=heads
     )
     peft_model = get_peft_model(model, config, adapter_name=CANDIDATE)  # type: ignore[arg-type]
-    peft_model.add_adapter(LIVE, config)
-    load_adapter_state(peft_model, LIVE, adapter_state(peft_model, CANDIDATE))
-    peft_model.set_adapter(CANDIDATE)
+    add_adapter_copy(peft_model, LIVE, CANDIDATE)
     return peft_model
+
+
+def add_adapter_copy(peft_model: nn.Module, name: str, source: str = CANDIDATE) -> None:
+    """Add adapter ``name`` to ``peft_model`` as a copy of ``source``, which stays active."""
+    peft_model.add_adapter(name, peft_model.peft_config[source])  # type: ignore[operator,index]
+    load_adapter_state(peft_model, name, adapter_state(peft_model, source))
+    peft_model.set_adapter(source)  # type: ignore[operator]
 
 
 def adapter_state(peft_model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:

@@ -303,7 +303,7 @@ class Probe:
         """
         started = time.perf_counter()
         batches = self._on(learner.device)
-        candidate, live = learner.candidate, learner.baseline
+        candidate, live = learner.judged, learner.baseline
         per_example: list[float] = []
         total = 0.0
         positions = 0

@@ -15,7 +15,18 @@ one device for the life of the process. For each micro-batch :meth:`Learner.step
 5. makes exactly one AdamW step at the scheduled (possibly boosted) rate, and, with a trust
    region, scales the update ``Δθ`` back to ``max_update_norm`` when it is longer: with Adam
    every coordinate moves by about the rate whatever the gradient, so clipping the gradient
-   does not bound the update. The scale applied is reported, never silent.
+   does not bound the update. The scale applied is reported, never silent,
+6. with weight averaging (``ema_decay`` = d > 0) moves the average toward the new weights,
+   ``θ̄ ← d·θ̄ + (1-d)·θ``.
+
+Weight averaging: with ``ema_decay`` the candidate the outside sees (the scores and losses a
+step reports, :meth:`Learner.score`, what is published and promoted, the probe) is the
+exponential moving average ``θ̄`` of the trained weights, not the trained weights themselves.
+The trained weights carry each step's gradient noise; the average keeps what the last
+``1/(1-d)`` steps agree on, so a reply's score moves less between two moments (the halves of a
+mined pair, arriving up to a thousand events apart) at the price of lagging the trained weights.
+It costs a third copy of the trainable weights and one more forward (no gradient) per step: the
+average scores the batch, the trained weights give the loss that is stepped.
 
 Dropout is switched off in the candidate: the forward that gives the training loss is also the
 candidate's test score, so it must be the same deterministic function the baseline computes.
@@ -43,12 +54,14 @@ from torch import nn
 from learner.base import Objective, ObjectiveOutput, TensorBatch
 from learner.distributed import Lockstep
 from learner.lora import (
+    AVERAGE,
     CANDIDATE,
     DIGEST,
     LIVE,
     Adapter,
     AdapterView,
     adapter_state,
+    add_adapter_copy,
     attach_adapters,
     load_adapter_state,
     tensor_digest,
@@ -85,6 +98,8 @@ class StepConfig:
         lora_alpha: LoRA scaling numerator (the update is ``alpha / r · BA``).
         lora_target_modules: module names to adapt; empty = the attention projections.
         compile: run the models through ``torch.compile`` (falls back to eager on failure).
+        ema_decay: weight averaging, the decay d of ``θ̄ ← d·θ̄ + (1-d)·θ`` per applied step
+            (0 = off: the trained weights are the candidate; see the module doc).
     """
 
     lr: float = 2e-5
@@ -104,6 +119,7 @@ class StepConfig:
     lora_alpha: int = 16
     lora_target_modules: tuple[str, ...] = ()
     compile: bool = False
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -125,6 +141,10 @@ class StepConfig:
             raise ValueError(f"ewc_decay must lie in [0, 1), got {self.ewc_decay}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"ema_decay must lie in [0, 1) (0 turns weight averaging off), got {self.ema_decay}"
+            )
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.lora_r < 1 or not self.lora_alpha > 0:
@@ -230,12 +250,27 @@ class Learner:
             param.requires_grad_(name in chosen)
         self.param_names = list(chosen)
         self.params = list(chosen.values())
+        # Weight averaging: the averaged model and its tensors, in the order of ``params``.
+        self.average: nn.Module | None = None
+        self.average_params: list[torch.Tensor] = []
+        if cfg.ema_decay:
+            if cfg.trainable == "lora":
+                add_adapter_copy(self.candidate, AVERAGE, CANDIDATE)
+                for name, param in self.candidate.named_parameters():  # as set above
+                    param.requires_grad_(name in chosen)
+                self.average = AdapterView(self.candidate, AVERAGE, CANDIDATE)
+                named = dict(self.candidate.named_parameters())
+                self.average_params = [named[_twin_name(n, AVERAGE)] for n in self.param_names]
+            else:
+                self.average = copy.deepcopy(self.candidate).eval().requires_grad_(False)
+                named = dict(self.average.named_parameters())
+                self.average_params = [named[n] for n in self.param_names]
         # With LoRA the anchors (the live adapter) are not rebuilt from the store's files at
         # start, so checkpoints keep them.
         self.owns_anchors = cfg.trainable == "lora"
         if self.owns_anchors:
             live = dict(self.candidate.named_parameters())
-            self.anchors = [live[_live_name(n)] for n in self.param_names]
+            self.anchors = [live[_twin_name(n, LIVE)] for n in self.param_names]
         else:
             base = dict(self.baseline.named_parameters())
             self.anchors = [base[n] for n in self.param_names]
@@ -257,6 +292,8 @@ class Learner:
         # Trust region: room for the pre-step weights, allocated once.
         self._before = [torch.empty_like(p) for p in self.params] if cfg.max_update_norm else []
         self._models = {"baseline": self.baseline, "candidate": self.candidate}
+        if self.average is not None:
+            self._models["average"] = self.average
         self._compiled = _compile(self._models) if cfg.compile else {}
         self.steps = 0
         self.skipped = 0
@@ -277,6 +314,11 @@ class Learner:
     def total_parameters(self) -> int:
         """Number of scalar weights in the candidate (base weights, adapters and all)."""
         return sum(p.numel() for p in self.candidate.parameters())
+
+    @property
+    def judged(self) -> nn.Module:
+        """The model the outside sees as the candidate: the weight average when there is one."""
+        return self.candidate if self.average is None else self.average
 
     @property
     def lr(self) -> float:
@@ -311,13 +353,15 @@ class Learner:
 
         The baseline's weights become a copy of the candidate's (with LoRA: the candidate
         adapter is copied into the live one), so the L2-SP/EWC anchor and the paired comparison
-        restart from the promoted model; the optimizer keeps its moments.
+        restart from the promoted model; the optimizer keeps its moments. With weight averaging
+        the promoted model is the average; the trained weights go on from where they are.
         """
         if self.config.trainable == "lora":
-            for anchor, param in zip(self.anchors, self.params, strict=True):
+            promoted = self.average_params or self.params
+            for anchor, param in zip(self.anchors, promoted, strict=True):
                 anchor.copy_(param)
         else:
-            self.baseline.load_state_dict(self.candidate.state_dict())
+            self.baseline.load_state_dict(self.judged.state_dict())
         self._distance = None
         self.changes += 1
 
@@ -331,9 +375,13 @@ class Learner:
         if self.config.trainable == "lora":
             load_adapter_state(self.candidate, LIVE, state)
             load_adapter_state(self.candidate, CANDIDATE, state)
+            if self.average is not None:
+                load_adapter_state(self.candidate, AVERAGE, state)
         else:
             self.candidate.load_state_dict(state)
             self.baseline.load_state_dict(state)
+            if self.average is not None:
+                self.average.load_state_dict(state)
         self.optimizer.state.clear()
         self._distance = None
         self.changes += 1
@@ -349,7 +397,7 @@ class Learner:
         assert self.lockstep is not None
         seen: set[int] = set()
         tensors = []
-        for t in [*self.params, *self.anchors]:
+        for t in [*self.params, *self.anchors, *self.average_params]:
             if id(t) not in seen:
                 seen.add(id(t))
                 tensors.append(t)
@@ -364,13 +412,17 @@ class Learner:
         """What the model store writes for ``role`` (``candidate`` or ``baseline``).
 
         The model itself, or with LoRA an :class:`learner.lora.Adapter`: that role's adapter
-        weights, its peft config and the reference to the base.
+        weights, its peft config and the reference to the base. With weight averaging the
+        candidate is the average.
         """
         if role not in ("candidate", "baseline"):
             raise ValueError(f"role must be 'candidate' or 'baseline', got {role!r}")
         if self.base is None:
-            return self.candidate if role == "candidate" else self.baseline
-        adapter = CANDIDATE if role == "candidate" else LIVE
+            return self.judged if role == "candidate" else self.baseline
+        if role == "baseline":
+            adapter = LIVE
+        else:
+            adapter = CANDIDATE if self.average is None else AVERAGE
         config = self.candidate.peft_config[adapter]  # type: ignore[index]
         inner = self.candidate.get_base_model()  # type: ignore[operator]
         model_type = "reward_model" if hasattr(inner, "head") else "pretrained"
@@ -388,20 +440,36 @@ class Learner:
                     self._compiled = {}
             return self.objective.model_values(self._models[role], batch)
 
-    def _outputs(self, batch: TensorBatch) -> tuple[ObjectiveOutput, ObjectiveOutput]:
-        """Baseline (no grad) and candidate outputs, the baseline run once."""
+    def _outputs(
+        self, batch: TensorBatch, train: bool = True
+    ) -> tuple[ObjectiveOutput, ObjectiveOutput, ObjectiveOutput]:
+        """Baseline (no grad), judged and trained outputs; the baseline runs once.
+
+        Without weight averaging the judged and the trained outputs are one forward of the
+        candidate. With it the average is judged (no grad) and, when ``train``, the trained
+        weights run too, for the loss that is stepped.
+        """
         with torch.no_grad():
             base_values = self._values("baseline", batch).detach()
         reference = base_values if self.objective.needs_reference else None
         base_out = self.objective.from_values(base_values, batch, reference)
-        cand_out = self.objective.from_values(self._values("candidate", batch), batch, reference)
-        return base_out, cand_out
+        if self.average is None:
+            cand_out = self.objective.from_values(
+                self._values("candidate", batch), batch, reference
+            )
+            return base_out, cand_out, cand_out
+        with torch.no_grad():
+            judged = self.objective.from_values(self._values("average", batch), batch, reference)
+        if not train:
+            return base_out, judged, judged
+        trained = self.objective.from_values(self._values("candidate", batch), batch, reference)
+        return base_out, judged, trained
 
     def score(self, batch: TensorBatch) -> tuple[ObjectiveOutput, ObjectiveOutput]:
         """Baseline and candidate outputs without training (for holdouts and dry runs)."""
         batch = batch.to(self.device)
         with torch.no_grad():
-            base_out, cand_out = self._outputs(batch)
+            base_out, cand_out, _ = self._outputs(batch, train=False)
         return _cpu(base_out), _cpu(cand_out)
 
     # -- the step -------------------------------------------------------------------------------
@@ -417,9 +485,9 @@ class Learner:
         weight = 0.0
         if batch is not None:
             batch = batch.to(self.device)
-            base_out, cand_out = self._outputs(batch)
-            weights = batch.weights.to(cand_out.loss.dtype)
-            weighted = (cand_out.loss * weights).sum()
+            base_out, cand_out, trained = self._outputs(batch)
+            weights = batch.weights.to(trained.loss.dtype)
+            weighted = (trained.loss * weights).sum()
             weight = float(weights.sum())
             task = weighted / weight if weight > 0 else weighted  # all weigh 0: scored only
         else:
@@ -457,6 +525,7 @@ class Learner:
                 self.l2sp.add_grad()
                 self.ewc.add_grad()
                 update_norm, update_scale = self._apply_update(lr)
+                self._average()
         self.optimizer.zero_grad(set_to_none=True)
         if skip is not None:
             self.skipped += 1
@@ -480,6 +549,13 @@ class Learner:
         )
 
     @torch.no_grad()
+    def _average(self) -> None:
+        """Weight averaging after an applied step: ``θ̄ ← d·θ̄ + (1-d)·θ``."""
+        if self.average_params:
+            weights: list[torch.Tensor] = [*self.params]
+            torch._foreach_lerp_(self.average_params, weights, 1.0 - self.config.ema_decay)
+
+    @torch.no_grad()
     def _apply_update(self, lr: float) -> tuple[float, float]:
         """One AdamW step at ``lr``, its norm capped by the trust region: (‖Δθ‖, scale)."""
         for group in self.optimizer.param_groups:
@@ -501,12 +577,12 @@ class Learner:
         return cap, scale
 
 
-def _live_name(candidate_name: str) -> str:
-    """The live adapter's parameter that pairs with a candidate adapter's parameter."""
+def _twin_name(candidate_name: str, adapter: str) -> str:
+    """``adapter``'s parameter that pairs with a candidate adapter's parameter."""
     marker = f".{CANDIDATE}."
     if marker not in candidate_name:
         raise ValueError(f"{candidate_name!r} is not a weight of the {CANDIDATE!r} adapter")
-    return candidate_name.replace(marker, f".{LIVE}.", 1)
+    return candidate_name.replace(marker, f".{adapter}.", 1)
 
 
 def _compile(models: dict[str, nn.Module]) -> dict[str, nn.Module]:

@@ -206,6 +206,9 @@ class StepSection(_Section):
     cosine_decay_steps: int = Field(default=0, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
     compile: bool = False
+    ema_decay: float = Field(default=0.0, ge=0, lt=1)
+    """Weight averaging: the candidate that is scored, gated and published is the moving average
+    ``θ̄ ← d·θ̄ + (1-d)·θ`` of the trained weights (0 = off; one more forward per step)."""
 
 
 class CheckpointConfig(_Section):

@@ -139,6 +139,7 @@ def test_thumbs_prints_pairwise_accuracy_for_every_configuration():
         "--gate-min-events", "8",
         "--threads", "1",
         "--center", "0.1",
+        "--ema-decay", "0.9",
     )  # fmt: skip
     assert 0.0 <= result(out, "pairwise") <= 1.0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:9]}
