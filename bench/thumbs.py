@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from learner.base import Example, TensorBatch  # noqa: E402
-from learner.models import ModelSpec, build_reward_model, select_device  # noqa: E402
+from learner.models import POOLINGS, ModelSpec, build_reward_model, select_device  # noqa: E402
 from learner.objectives import RewardObjective  # noqa: E402
 from learner.step import Learner, StepConfig, StepResult  # noqa: E402
 from monitors.gate import GateConfig  # noqa: E402
@@ -170,7 +170,9 @@ def run_config(name: str, args: argparse.Namespace, pairs: list[tuple[str, str, 
     like = args.control if shuffled else name  # the control runs as its configuration
     reference = REFERENCE.get(like, args.reference)
     mining = MINING.get(like, "off")
-    model, tokenizer = build_reward_model(ModelSpec(args.model, seed=args.seed))
+    model, tokenizer = build_reward_model(
+        ModelSpec(args.model, seed=args.seed, pooling=args.pooling)
+    )
     objective = RewardObjective(
         tokenizer, max_length=args.max_length, reference=reference, center=args.center
     )
@@ -359,6 +361,9 @@ def main() -> int:
     ap.add_argument("--gate", action="store_true", help="a governor on every configuration")
     ap.add_argument("--gate-min-events", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pooling", choices=POOLINGS, default=None, help="of the reward model (default: its own)"
+    )
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:

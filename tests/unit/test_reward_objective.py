@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from learner.base import Example
@@ -48,3 +49,35 @@ def test_truncation_keeps_prompt_end_and_response_start(tiny_parts, objective):
     assert len(ids) == objective.max_length
     text = tok.decode(ids)
     assert "lastprompt" in text and "firstresponse" in text
+
+
+def test_response_pooling_is_the_mean_over_the_response_segment(tiny_parts, objective):
+    model = tiny_parts[0](0).eval()
+    assert model.pooling == "response"  # the encoders' default
+    batch = objective.collate([Example("a long prompt " * 6, "short reply", target=1.0)])
+    t = batch.tensors
+    with torch.no_grad():
+        got = objective.model_values(model, batch)
+        hidden = model.encoder(
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            token_type_ids=t["token_type_ids"],
+        ).last_hidden_state
+    reply = (t["attention_mask"] * t["token_type_ids"]).bool()[0]
+    assert 0 < int(reply.sum()) < int(t["attention_mask"].sum())  # the prompt is left out
+    expected = model.head(hidden[0, reply].mean(0)).squeeze(-1)
+    torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-6)
+    # every token pooled: another reward for the same weights
+    whole = type(model)(model.encoder, model.head.in_features, "mean")
+    whole.head.load_state_dict(model.head.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(objective.model_values(whole.eval(), batch), got)
+
+
+def test_response_pooling_without_token_types_says_what_it_needs(tiny_parts):
+    model, tokenizer = tiny_parts[0](0).eval(), tiny_parts[1]
+    enc = tokenizer(["a prompt"], ["a reply"], return_tensors="pt")
+    with torch.no_grad():
+        model(**enc)  # the pair encoding types the reply 1
+        with pytest.raises(ValueError, match="token_type_ids"):
+            model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

@@ -56,14 +56,15 @@ def test_round_trip_through_plain_transformers_gives_identical_rewards(
 
     # What a chat service without feedstep does: the files and reward_model.json, nothing else.
     spec = json.loads((info.path / "reward_model.json").read_text())
-    assert spec["pooling"] == "mean"
+    assert spec["pooling"] == "response"
     encoder = AutoModel.from_pretrained(info.path / spec["encoder"]).eval()
     tok = AutoTokenizer.from_pretrained(info.path / spec["tokenizer"])
     head = load_file(str(info.path / spec["head"]["file"]))
     enc = tok([p for p, _ in PAIRS], [r for _, r in PAIRS], padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = encoder(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).float()
+    # The mean over the response segment: the second sequence of the pair encoding.
+    mask = (enc["attention_mask"] * enc["token_type_ids"]).unsqueeze(-1).float()
     pooled = (hidden * mask).sum(1) / mask.sum(1)
     rewards = pooled @ head["weight"].T + head["bias"]
     torch.testing.assert_close(rewards.squeeze(-1), expected, rtol=0, atol=1e-6)
