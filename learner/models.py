@@ -21,9 +21,9 @@ it without feedstep::
 ``AutoModel.from_pretrained(<dir>/encoder)`` and ``AutoTokenizer.from_pretrained(<dir>/encoder)``
 load the parts; the reward is ``head(pooled last_hidden_state)``: for an encoder the mean over
 the response segment's tokens (``token_type_ids`` 1 and attention mask 1) of the pair encoding
-``tokenizer(prompt, response)``; for
-a causal backbone (SmolLM2) the hidden state of the last token the attention mask keeps, on
-``bos prompt eos response eos`` (``reward_model.json`` names the pooling and the input).
+``tokenizer(prompt, response)``; for a causal backbone (SmolLM2) the hidden state of the last
+token the attention mask keeps, on ``bos prompt eos response eos`` (``reward_model.json`` names
+the pooling and the input).
 """
 
 from __future__ import annotations
@@ -202,16 +202,16 @@ class RewardModel(nn.Module):
             positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
             last = (attention_mask * positions).argmax(dim=-1)
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        elif self.pooling == "response":
-            if token_type_ids is None:
-                raise ValueError(
-                    "response pooling needs token_type_ids, 1 on the response's tokens: "
-                    "tokenize (prompt, response) as a pair, tokenizer(prompts, responses)"
-                )
-            keep = (attention_mask * token_type_ids).unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        else:  # a mean over the tokens kept: all of them, or the response segment's
+            keep = attention_mask
+            if self.pooling == "response":
+                if token_type_ids is None:
+                    raise ValueError(
+                        "response pooling needs token_type_ids, 1 on the response's tokens: "
+                        "tokenize (prompt, response) as a pair, tokenizer(prompts, responses)"
+                    )
+                keep = attention_mask * token_type_ids
+            mask = keep.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(pooled).squeeze(-1)
 
